@@ -1,0 +1,63 @@
+# Deft — build, test and run targets.
+#
+# torch is installed before the project so that the build you choose is the one used:
+#   make test                                   # CPU build torch==2.13.0
+#   make test TORCH='torch==2.13.0' TORCH_INDEX=https://download.pytorch.org/whl/cu128
+PYTHON      ?= python3
+VENV        ?= .venv
+TORCH       ?= torch==2.13.0
+TORCH_INDEX ?=
+PORT        ?= 8080
+POLICY      ?= deft
+QUICK       ?=
+
+BIN   := $(VENV)/bin
+PY    := $(BIN)/python
+STAMP := $(VENV)/.installed
+
+.PHONY: all venv test e2e run sim-demo lint bench soak images clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PY) -m pip install -q -e '.[test,dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Fast tests: no network beyond loopback, no GPU, no cluster.
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+# Tests that start real processes and drive them with real clients.
+e2e: $(STAMP)
+	$(PY) -m pytest -q -m "e2e or cluster" e2e
+
+# The runtime with the built-in demo models on port $(PORT).
+run: $(STAMP)
+	$(PY) -m runtime --demo --http_port $(PORT) --policy $(POLICY)
+
+# The simulator on the DISB-style mix, every policy.
+sim-demo: $(STAMP)
+	for p in fifo priority layer fixed:8 deft; do \
+	  $(PY) -m scheduler.sim --workload workloads/disb-mix.json --policy $$p || exit 1; done
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(PY) -m e2e.bench $(if $(QUICK),--quick)
+
+soak: $(STAMP)
+	$(PY) -m e2e.soak
+
+images:
+	docker build -f docker/runtime.Dockerfile -t deft-runtime:latest .
+	docker build -f docker/controller.Dockerfile -t deft-controller:latest .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
