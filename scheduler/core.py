@@ -1,0 +1,196 @@
+"""The scheduler: queue + policy + bookkeeping, asked for a decision at every sync point.
+
+Not thread-safe by design: one executor thread owns it. Other threads hand it work through
+an ``Inbox`` (see ``scheduler.loop``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from scheduler.job import Decision, Job, Reject, RunChunk, Wait
+from scheduler.policies import Policy, PolicyContext, make_policy
+from scheduler.predictor import Predictor
+from scheduler.priority import ModelSettings
+from scheduler.profile import DeviceCosts, Profile
+from scheduler.queue import JobQueue
+from scheduler.streams import LatencyCriticalStreams
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ChunkDone:
+    """What happened in one chunk; returned to the loop for metrics."""
+
+    job: Job
+    start: int
+    end: int
+    t0: float
+    t1: float
+    finished: bool
+
+
+class Scheduler:
+    """Decides, at every sync point, which job runs its next chunk and how long that chunk is.
+
+    Callers: ``submit``/``cancel`` when work arrives or leaves; ``decide`` to get the next
+    decision; ``chunk_done``/``chunk_failed`` after the device ran a chunk. Guarantees:
+    latency-critical jobs are never preempted and run as one chunk; a queued job whose
+    timeout passed is rejected (``Reject``), never run; every submitted job ends exactly once
+    (finished, rejected, failed or cancelled).
+    """
+
+    def __init__(
+        self,
+        policy: str,
+        costs: DeviceCosts | None = None,
+        *,
+        streams: LatencyCriticalStreams | None = None,
+        batching: Callable[[str], int | None] | None = None,
+    ) -> None:
+        self.predictor = Predictor(costs or DeviceCosts())
+        self.profiles: dict[str, Profile] = {}
+        self.settings: dict[str, ModelSettings] = {}
+        self.streams = streams or LatencyCriticalStreams()
+        self.policy: Policy = make_policy(
+            policy, PolicyContext(self.profiles, self.predictor, self.streams)
+        )
+        self.queue = JobQueue()
+        self.current: Job | None = None
+        self._batch_limit = batching or (lambda model: None)
+        self.preemptions = 0
+        self._last_batch_chunk: tuple[float, float] | None = None
+
+    # -- models --------------------------------------------------------------------------
+
+    def set_model(self, name: str, settings: ModelSettings, profile: Profile | None) -> None:
+        self.settings[name] = settings
+        if profile is not None:
+            self.profiles[name] = profile
+
+    def remove_model(self, name: str) -> None:
+        self.settings.pop(name, None)
+        self.profiles.pop(name, None)
+
+    def predicted_solo(self, model: str, batch_size: int) -> float:
+        profile = self.profiles.get(model)
+        if profile is None:
+            return 0.0
+        d = self.predictor.flat_durations(profile, batch_size)
+        return self.predictor.chunk_time(d, 0, len(d))
+
+    # -- work in and out -----------------------------------------------------------------
+
+    def submit(self, job: Job) -> None:
+        """Queue ``job``. Its ``arrival`` is the time it reached the runtime."""
+        if job.latency_critical and job.deadline is not None:
+            self.streams.on_arrival(
+                job.model,
+                job.deadline - job.arrival,
+                self.predicted_solo(job.model, job.batch_size),
+                job.arrival,
+            )
+        if job.latency_critical and self._last_batch_chunk is not None:
+            # Arrived while a batch chunk held the device: it waited for that sync point.
+            t0, t1 = self._last_batch_chunk
+            if job.arrival < t1:
+                job.preemption_delay += t1 - max(t0, job.arrival)
+        self.queue.push(job)
+
+    def cancel(self, job: Job) -> bool:
+        """Withdraw ``job``; True if it had not started (it will never run)."""
+        job.cancelled = True
+        return self.queue.remove(job)
+
+    def decide(self, now: float) -> tuple[list[Reject], Decision]:
+        rejects = [
+            Reject(job, "the request's timeout passed while it was queued")
+            for job in self.queue.expired(now)
+        ]
+        current = self.current
+        if current is not None and current.cancelled:
+            self.policy.on_finish(current)
+            self.current = current = None
+        job = self.policy.select(self.queue, current, now)
+        if job is None:
+            return rejects, Wait()
+        preempted = None
+        if current is not None and job is not current:
+            preempted = current
+            current.preemptions += 1
+            self.preemptions += 1
+            log.debug("preempt %r for %r at %.6f", current, job, now)
+        if not job.started:
+            job = self._start(job, now)
+        self.current = job
+        end = self.policy.chunk_end(job, now)
+        end = max(job.next_unit + 1, min(end, job.total_units))
+        return rejects, RunChunk(job, job.next_unit, end, preempted)
+
+    def _start(self, job: Job, now: float) -> Job:
+        self.queue.remove(job)
+        limit = self._batch_limit(job.model)
+        if limit is not None and job.batch_size < limit:
+            members = [job]
+            total = job.batch_size
+            for other in self.queue.same_model_queued(job):
+                if other is job or other.priority is not job.priority:
+                    continue
+                if total + other.batch_size > limit:
+                    break
+                self.queue.remove(other)
+                members.append(other)
+                total += other.batch_size
+            if len(members) > 1:
+                merged = Job(
+                    model=job.model,
+                    priority=job.priority,
+                    batch_size=total,
+                    arrival=min(m.arrival for m in members),
+                    num_units=job.num_units,
+                    deadline=min(
+                        (m.deadline for m in members if m.deadline is not None), default=None
+                    ),
+                    members=members,
+                )
+                merged.preemption_delay = max(m.preemption_delay for m in members)
+                for m in members:
+                    m.started_at = now
+                job = merged
+        job.started_at = now
+        self.policy.on_start(job, now)
+        return job
+
+    def chunk_done(self, decision: RunChunk, t0: float, t1: float) -> ChunkDone:
+        """Record that the device ran ``decision``'s chunk from ``t0`` to ``t1``."""
+        job = decision.job
+        job.next_unit = decision.end
+        job.sync_points += 1
+        elapsed = t1 - t0
+        job.device_time += elapsed
+        if job.latency_critical:
+            self._last_batch_chunk = None
+        else:
+            self._last_batch_chunk = (t0, t1)
+            self.queue.charge(job.model, elapsed)
+            for waiting in self.queue.waiting_latency_critical():
+                waiting.preemption_delay += t1 - max(t0, waiting.arrival)
+        finished = job.done
+        if finished:
+            job.finished_at = t1
+            self.current = None
+            self.policy.on_finish(job)
+            if job.latency_critical:
+                self.streams.on_completion(job.model, job.arrival, job.device_time)
+        return ChunkDone(job, decision.start, decision.end, t0, t1, finished)
+
+    def chunk_failed(self, decision: RunChunk) -> None:
+        """The device raised while running ``decision``: the job is dropped."""
+        job = decision.job
+        job.cancelled = True
+        self.current = None
+        self.policy.on_finish(job)
+

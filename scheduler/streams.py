@@ -1,0 +1,87 @@
+"""What the scheduler knows about latency-critical streams: SLOs, activity, solo latency.
+
+The ``deft`` policy sizes batch chunks so that every active latency-critical stream still
+meets its SLO: ``solo latency + preemption delay <= SLO``. The solo latency is estimated
+online as the p99 of what recent requests would have taken alone on the device: each
+stream's requests are replayed through a virtual queue of their own (their arrival times and
+measured execution times, no batch work), which also removes the knock-on delay a preempted
+request passes to the next one. Before enough samples exist, the predicted inference delay of
+one job stands in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+
+@dataclass
+class StreamState:
+    model: str
+    slo_s: float
+    predicted_solo_s: float
+    last_arrival: float = -math.inf
+    arrivals: deque[float] = field(default_factory=lambda: deque(maxlen=256))
+    samples: deque[float] = field(default_factory=lambda: deque(maxlen=512))
+    virtual_free_at: float = -math.inf
+    _p99: float | None = None
+    _since_refresh: int = 0
+
+    def solo_p99(self, min_samples: int) -> float:
+        if len(self.samples) < min_samples:
+            return max([self.predicted_solo_s, *self.samples])
+        if self._p99 is None or self._since_refresh >= 16:
+            ordered = sorted(self.samples)
+            self._p99 = ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
+            self._since_refresh = 0
+        return self._p99
+
+    def rate(self, now: float, window_s: float) -> float:
+        recent = [t for t in self.arrivals if t > now - window_s]
+        return len(recent) / window_s if recent else 0.0
+
+
+class LatencyCriticalStreams:
+    """Tracks latency-critical models seen recently. Fed by the scheduler; read by ``deft``."""
+
+    def __init__(self, active_window_s: float = 1.0, min_samples: int = 20) -> None:
+        self.active_window_s = active_window_s
+        self.min_samples = min_samples
+        self._streams: dict[str, StreamState] = {}
+        self.version = 0  # bumps when the set of active streams or an SLO changes
+
+    def on_arrival(self, model: str, slo_s: float, predicted_solo_s: float, now: float) -> None:
+        st = self._streams.get(model)
+        if st is None or st.slo_s != slo_s:
+            st = StreamState(model, slo_s, predicted_solo_s)
+            if model in self._streams:
+                st.samples = self._streams[model].samples
+            self._streams[model] = st
+            self.version += 1
+        elif now - st.last_arrival > self.active_window_s:
+            self.version += 1
+        st.last_arrival = now
+        st.arrivals.append(now)
+
+    def on_completion(self, model: str, arrival: float, service_s: float) -> None:
+        """A request of ``model`` that arrived at ``arrival`` ran for ``service_s``."""
+        st = self._streams.get(model)
+        if st is not None:
+            start = max(arrival, st.virtual_free_at)
+            st.virtual_free_at = start + service_s
+            st.samples.append(st.virtual_free_at - arrival)
+            st._since_refresh += 1
+
+    def active(self, now: float) -> list[StreamState]:
+        return [
+            s for s in self._streams.values() if now - s.last_arrival <= self.active_window_s
+        ]
+
+    def budget(self, now: float) -> float:
+        """The longest a batch chunk may hold the device: min over active streams of
+        (SLO - solo p99). ``inf`` when no latency-critical stream is active."""
+        best = math.inf
+        for s in self.active(now):
+            best = min(best, s.slo_s - s.solo_p99(self.min_samples))
+        return best
