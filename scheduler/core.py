@@ -193,4 +193,3 @@ class Scheduler:
         job.cancelled = True
         self.current = None
         self.policy.on_finish(job)
-

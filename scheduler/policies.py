@@ -192,9 +192,7 @@ class DeftPolicy(_Preemptive):
             return base
         predictor = self.ctx.predictor
         active = self.ctx.streams.active(now)
-        lc_load = sum(
-            s.rate(now, 1.0) * s.predicted_solo_s for s in active
-        )
+        lc_load = sum(s.rate(now, 1.0) * s.predicted_solo_s for s in active)
         stretch = 1.0 / max(0.05, 1.0 - min(lc_load, 0.95))
         best: tuple[float, float, float] | None = None
         budget = base

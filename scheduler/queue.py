@@ -112,10 +112,13 @@ class JobQueue:
     def charge(self, model: str, device_seconds: float) -> None:
         """Account device time to a batch model for fair sharing."""
         self._vtime[model] += device_seconds
-        self._vclock = max(self._vclock, min(
-            (self._vtime[m] for m, c in self._batch_count.items() if c > 0),
-            default=self._vtime[model],
-        ))
+        self._vclock = max(
+            self._vclock,
+            min(
+                (self._vtime[m] for m, c in self._batch_count.items() if c > 0),
+                default=self._vtime[model],
+            ),
+        )
 
     def expired(self, now: float) -> list[Job]:
         """Queued jobs whose queueing timeout has passed, removed from the queue."""

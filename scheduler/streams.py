@@ -74,9 +74,7 @@ class LatencyCriticalStreams:
             st._since_refresh += 1
 
     def active(self, now: float) -> list[StreamState]:
-        return [
-            s for s in self._streams.values() if now - s.last_arrival <= self.active_window_s
-        ]
+        return [s for s in self._streams.values() if now - s.last_arrival <= self.active_window_s]
 
     def budget(self, now: float) -> float:
         """The longest a batch chunk may hold the device: min over active streams of

@@ -36,29 +36,66 @@ def main() -> None:
     vgg = kernels(71, 4800.0, 40.0, seed=19)
     resnet = kernels(207, 13200.0, 30.0, seed=152)
     resnet32 = [round(x * 12, 1) for x in resnet]
-    lc = {"model": "vgg19", "priority": "latency-critical", "slo_ms": 10, "batch_size": 1,
-          "arrival": {"type": "poisson", "rate_per_s": 50}}
+    lc = {
+        "model": "vgg19",
+        "priority": "latency-critical",
+        "slo_ms": 10,
+        "batch_size": 1,
+        "arrival": {"type": "poisson", "rate_per_s": 50},
+    }
     mix = {
-        "name": "disb-mix", "duration_s": 20, "seed": 1, "device": DEVICE,
+        "name": "disb-mix",
+        "duration_s": 20,
+        "seed": 1,
+        "device": DEVICE,
         "models": {"vgg19": {"profile": {"1": vgg}}, "resnet152": {"profile": {"1": resnet}}},
-        "streams": [lc, {"model": "resnet152", "priority": "batch", "batch_size": 1,
-                         "arrival": {"type": "closed", "clients": 4}}],
+        "streams": [
+            lc,
+            {
+                "model": "resnet152",
+                "priority": "batch",
+                "batch_size": 1,
+                "arrival": {"type": "closed", "clients": 4},
+            },
+        ],
     }
     b32 = {
-        "name": "disb-batch32", "duration_s": 20, "seed": 2, "device": DEVICE,
-        "models": {"vgg19": {"profile": {"1": vgg}},
-                   "resnet152": {"profile": {"1": resnet, "32": resnet32}}},
-        "streams": [lc, {"model": "resnet152", "priority": "batch", "batch_size": 32,
-                         "arrival": {"type": "closed", "clients": 1}}],
+        "name": "disb-batch32",
+        "duration_s": 20,
+        "seed": 2,
+        "device": DEVICE,
+        "models": {
+            "vgg19": {"profile": {"1": vgg}},
+            "resnet152": {"profile": {"1": resnet, "32": resnet32}},
+        },
+        "streams": [
+            lc,
+            {
+                "model": "resnet152",
+                "priority": "batch",
+                "batch_size": 32,
+                "arrival": {"type": "closed", "clients": 1},
+            },
+        ],
     }
     deadlines = {
-        "name": "disb-deadlines", "duration_s": 20, "seed": 3, "device": DEVICE,
-        "models": {"vgg19": {"profile": {"1": vgg}},
-                   "resnet152": {"profile": {"1": resnet, "32": resnet32}}},
+        "name": "disb-deadlines",
+        "duration_s": 20,
+        "seed": 3,
+        "device": DEVICE,
+        "models": {
+            "vgg19": {"profile": {"1": vgg}},
+            "resnet152": {"profile": {"1": resnet, "32": resnet32}},
+        },
         "streams": [
             dict(lc, slo_ms=15),
-            {"model": "resnet152", "priority": "batch", "batch_size": 1, "slo_ms": 40,
-             "arrival": {"type": "poisson", "rate_per_s": 30}},
+            {
+                "model": "resnet152",
+                "priority": "batch",
+                "batch_size": 1,
+                "slo_ms": 40,
+                "arrival": {"type": "poisson", "rate_per_s": 30},
+            },
         ],
     }
     for doc in (mix, b32, deadlines):

@@ -23,11 +23,18 @@ from scheduler.sim.workload import Workload, load_workload
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m scheduler.sim", description=__doc__.split("\n")[0])
     p.add_argument("--workload", required=True, help="workload JSON file")
-    p.add_argument("--policy", default="deft",
-                   help=f"one of {', '.join(POLICY_NAMES)}; several separated by commas")
+    p.add_argument(
+        "--policy",
+        default="deft",
+        help=f"one of {', '.join(POLICY_NAMES)}; several separated by commas",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object per policy")
-    p.add_argument("--slo-factor", type=float, default=None,
-                   help="set each latency-critical SLO to this multiple of its solo p99")
+    p.add_argument(
+        "--slo-factor",
+        type=float,
+        default=None,
+        help="set each latency-critical SLO to this multiple of its solo p99",
+    )
     p.add_argument("--sweep", action="store_true", help="sweep fixed:K and compare with deft")
     return p
 
@@ -46,8 +53,10 @@ def _sweep(workload: Workload, solo: SoloBaselines) -> str:
     while ks[-1] * 2 < units:
         ks.append(ks[-1] * 2)
     ks.append(units)
-    rows = ["| policy | batch inference p50 ms | latency-critical p99 ms | SLO met | sync points |",
-            "|---|---|---|---|---|"]
+    rows = [
+        "| policy | batch inference p50 ms | latency-critical p99 ms | SLO met | sync points |",
+        "|---|---|---|---|---|",
+    ]
     for name in [f"fixed:{k}" for k in ks] + ["deft"]:
         s = summarize(simulate(workload, name), solo)
         batch = [st for st in s["streams"] if st["priority"] == "batch"]
@@ -55,8 +64,10 @@ def _sweep(workload: Workload, solo: SoloBaselines) -> str:
         inf = max((st["inference_p50_ms"] or 0 for st in batch), default=0)
         p99 = max((st["p99_ms"] or 0 for st in lc), default=0)
         att = min((st["slo_attainment"] or 0 for st in lc), default=None)
-        rows.append(f"| {name} | {inf:.3f} | {p99:.3f} | "
-                    f"{'-' if att is None else f'{100 * att:.2f}%'} | {s['sync_points']} |")
+        rows.append(
+            f"| {name} | {inf:.3f} | {p99:.3f} | "
+            f"{'-' if att is None else f'{100 * att:.2f}%'} | {s['sync_points']} |"
+        )
     return "\n".join(rows)
 
 
@@ -89,12 +100,18 @@ def main(argv: list[str] | None = None) -> int:
         s = summarize(simulate(workload, name), solo)
         elapsed = time.perf_counter() - t0
         if args.json:
-            print(json.dumps({k: s[k] for k in ("policy", "workload", "streams",
-                                                "preemption_delay_ms")}))
+            print(
+                json.dumps(
+                    {k: s[k] for k in ("policy", "workload", "streams", "preemption_delay_ms")}
+                )
+            )
         else:
             summaries.append(s)
-            print(f"# {name}: {s['unit_launches']} unit launches, {s['sync_points']} sync "
-                  f"points, {s['preemptions']} preemptions, {elapsed:.2f} s", file=sys.stderr)
+            print(
+                f"# {name}: {s['unit_launches']} unit launches, {s['sync_points']} sync "
+                f"points, {s['preemptions']} preemptions, {elapsed:.2f} s",
+                file=sys.stderr,
+            )
     if summaries:
         print(table(summaries))
     return 0

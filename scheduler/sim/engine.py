@@ -177,8 +177,13 @@ def simulate(workload: Workload, policy: str) -> RunResult:
     device = SimDevice(scheduler, clock)
     ExecutorLoop(scheduler, device, run, run, clock).run()
     return RunResult(
-        workload, policy, run.records, device.launches, device.syncs,
-        scheduler.preemptions, clock.now(),
+        workload,
+        policy,
+        run.records,
+        device.launches,
+        device.syncs,
+        scheduler.preemptions,
+        clock.now(),
     )
 
 

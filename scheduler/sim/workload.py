@@ -65,8 +65,15 @@ class Workload:
         return replace(self, streams=tuple(streams))
 
 
-def _num(data: Mapping[str, Any], key: str, where: str, *, positive: bool = False,
-         required: bool = True, default: float | None = None) -> float | None:
+def _num(
+    data: Mapping[str, Any],
+    key: str,
+    where: str,
+    *,
+    positive: bool = False,
+    required: bool = True,
+    default: float | None = None,
+) -> float | None:
     if key not in data:
         if required:
             raise WorkloadError(f"{where}{key}", "is required")
@@ -75,7 +82,9 @@ def _num(data: Mapping[str, Any], key: str, where: str, *, positive: bool = Fals
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise WorkloadError(f"{where}{key}", f"must be a number, got {value!r}")
     if value < 0 or (positive and value == 0):
-        raise WorkloadError(f"{where}{key}", f"must be {'> 0' if positive else '>= 0'}, got {value}")
+        raise WorkloadError(
+            f"{where}{key}", f"must be {'> 0' if positive else '>= 0'}, got {value}"
+        )
     return float(value)
 
 
@@ -89,7 +98,9 @@ def parse_arrival(data: Any, where: str) -> Arrival:
     data = _obj(data, where)
     kind = data.get("type")
     if kind not in ARRIVAL_TYPES:
-        raise WorkloadError(f"{where}.type", f"must be one of {', '.join(ARRIVAL_TYPES)}, got {kind!r}")
+        raise WorkloadError(
+            f"{where}.type", f"must be one of {', '.join(ARRIVAL_TYPES)}, got {kind!r}"
+        )
     w = f"{where}."
     if kind in ("periodic", "poisson"):
         return Arrival(kind, rate_per_s=_num(data, "rate_per_s", w, positive=True) or 0.0)
@@ -129,12 +140,19 @@ def parse_workload(data: Any) -> Workload:
         prof = _obj(prof, f"{where}.profile")
         for bs, units in prof.items():
             if not str(bs).isdigit() or int(bs) < 1:
-                raise WorkloadError(f"{where}.profile", f"batch size keys must be positive integers, got {bs!r}")
+                raise WorkloadError(
+                    f"{where}.profile", f"batch size keys must be positive integers, got {bs!r}"
+                )
             if not isinstance(units, list) or not all(
-                not isinstance(u, bool) and isinstance(u, (int, float)) and math.isfinite(u) and u >= 0
+                not isinstance(u, bool)
+                and isinstance(u, (int, float))
+                and math.isfinite(u)
+                and u >= 0
                 for u in units
             ):
-                raise WorkloadError(f"{where}.profile.{bs}", "must be a list of durations (us, >= 0)")
+                raise WorkloadError(
+                    f"{where}.profile.{bs}", "must be a list of durations (us, >= 0)"
+                )
         try:
             models[str(mname)] = Profile.from_us(prof)
         except InvalidProfile as exc:
@@ -160,9 +178,25 @@ def parse_workload(data: Any) -> Workload:
         if priority is Priority.LATENCY_CRITICAL and slo is None:
             raise WorkloadError(f"{where}.slo_ms", "is required for a latency-critical stream")
         timeout = _num(s, "timeout_ms", f"{where}.", positive=True, required=False)
-        streams.append(Stream(model, priority, bs, parse_arrival(s.get("arrival"), f"{where}.arrival"), slo, timeout))
-    return Workload(name, duration or 0.0, seed, DeviceCosts.from_us(launch, sync),
-                    {"launch_overhead_us": launch, "sync_overhead_us": sync}, models, tuple(streams))
+        streams.append(
+            Stream(
+                model,
+                priority,
+                bs,
+                parse_arrival(s.get("arrival"), f"{where}.arrival"),
+                slo,
+                timeout,
+            )
+        )
+    return Workload(
+        name,
+        duration or 0.0,
+        seed,
+        DeviceCosts.from_us(launch, sync),
+        {"launch_overhead_us": launch, "sync_overhead_us": sync},
+        models,
+        tuple(streams),
+    )
 
 
 def load_workload(path: str | Path) -> Workload:

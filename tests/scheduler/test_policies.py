@@ -1,0 +1,207 @@
+"""Policies driven with literal times: exact decision sequences."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from scheduler.job import RunChunk, Wait
+from scheduler.policies import validate_policy_name
+from scheduler.priority import InvalidSettings
+from tests.scheduler.factories import BATCH, LC, make_job, make_scheduler, run_to_completion
+
+
+def step(s, now):
+    rejects, d = s.decide(now)
+    return rejects, d
+
+
+def test_latency_critical_runs_right_after_the_current_chunk_and_batch_resumes():
+    s = make_scheduler("fixed:2")
+    b = make_job("b", BATCH, arrival=0.0, units=6)
+    s.submit(b)
+    _, d = step(s, 0.0)
+    assert (d.job, d.start, d.end) == (b, 0, 2)
+    lc = make_job("lc", LC, arrival=0.5, units=3)
+    s.submit(lc)  # arrives mid-chunk
+    s.chunk_done(d, 0.0, 1.0)
+    _, d2 = step(s, 1.0)
+    assert (d2.job, d2.start, d2.end, d2.preempted) == (lc, 0, 3, b)
+    s.chunk_done(d2, 1.0, 2.0)
+    assert lc.done and lc.finished_at == 2.0
+    assert lc.preemption_delay == pytest.approx(0.5)
+    _, d3 = step(s, 2.0)
+    assert (d3.job, d3.start, d3.end) == (b, 2, 4)  # resumes where it stopped
+    s.chunk_done(d3, 2.0, 3.0)
+    _, d4 = step(s, 3.0)
+    assert (d4.job, d4.start, d4.end) == (b, 4, 6)
+    s.chunk_done(d4, 3.0, 4.0)
+    assert b.done and b.preemptions == 1
+    assert isinstance(step(s, 4.0)[1], Wait)
+
+
+@pytest.mark.parametrize("policy", ["layer", "fixed:3", "deft"])
+def test_latency_critical_jobs_are_never_preempted_and_run_as_one_chunk(policy):
+    s = make_scheduler(policy, {"lc": [1, 1, 1, 1], "lc2": [1, 1, 1, 1], "b": [1, 1, 1, 1]})
+    first = make_job("lc", LC, arrival=0.0, units=4, slo=10)
+    s.submit(first)
+    _, d = step(s, 0.0)
+    assert (d.job, d.start, d.end) == (first, 0, 4)
+    # an earlier-deadline latency-critical job and a batch job arrive while it runs
+    urgent = make_job("lc2", LC, arrival=0.1, units=4, slo=1)
+    s.submit(urgent)
+    s.submit(make_job("b", BATCH, arrival=0.1))
+    s.chunk_done(d, 0.0, 4.0)
+    assert first.done and first.preemptions == 0
+    _, d2 = step(s, 4.0)
+    assert (d2.job, d2.start, d2.end, d2.preempted) == (urgent, 0, 4, None)
+
+
+def test_earliest_deadline_first_among_latency_critical_jobs():
+    s = make_scheduler("layer")
+    late = make_job("a", LC, arrival=0.0, slo=5.0, units=1)
+    early = make_job("c", LC, arrival=0.2, slo=1.0, units=1)
+    s.submit(late)
+    s.submit(early)
+    order = run_to_completion(s, start=0.3)
+    assert [o[0] for o in order] == [early.id, late.id]
+
+
+def test_a_job_whose_timeout_passed_while_queued_is_rejected_not_run():
+    s = make_scheduler("fifo")
+    long = make_job("b", BATCH, arrival=0.0, units=1)
+    waiting = make_job("b", BATCH, arrival=0.1, units=1, timeout=0.5)
+    s.submit(long)
+    s.submit(waiting)
+    _, d = step(s, 0.0)
+    assert d.job is long
+    s.chunk_done(d, 0.0, 2.0)
+    rejects, d2 = step(s, 2.0)
+    assert [r.job for r in rejects] == [waiting]
+    assert isinstance(d2, Wait)
+    assert not waiting.started
+
+
+def test_fifo_runs_in_arrival_order_without_sync_points():
+    s = make_scheduler("fifo")
+    jobs = [
+        make_job("b", BATCH, 0.0, units=5),
+        make_job("lc", LC, 0.1, units=2),
+        make_job("c", BATCH, 0.2, units=3),
+    ]
+    for j in jobs:
+        s.submit(j)
+    assert run_to_completion(s) == [(jobs[0].id, 0, 5), (jobs[1].id, 0, 2), (jobs[2].id, 0, 3)]
+
+
+def test_priority_reorders_the_queue_but_never_interrupts():
+    s = make_scheduler("priority")
+    b1 = make_job("b", BATCH, 0.0, units=5)
+    s.submit(b1)
+    _, d = step(s, 0.0)
+    assert (d.job, d.end) == (b1, 5)
+    b2 = make_job("b", BATCH, 0.1, units=2)
+    lc = make_job("lc", LC, 0.2, units=2)
+    s.submit(b2)
+    s.submit(lc)
+    s.chunk_done(d, 0.0, 1.0)
+    assert run_to_completion(s, 1.0) == [(lc.id, 0, 2), (b2.id, 0, 2)]
+
+
+def test_batch_models_share_the_device_by_time_not_by_job_count():
+    s = make_scheduler("layer")
+    # model "long" has 4-unit jobs, model "short" 1-unit jobs; every unit takes 1 s
+    for i in range(20):
+        s.submit(make_job("long", BATCH, arrival=i * 1e-3, units=4))
+        s.submit(make_job("short", BATCH, arrival=i * 1e-3, units=1))
+    t = 0.0
+    time_by_model = {"long": 0.0, "short": 0.0}
+    while t < 40:
+        _, d = s.decide(t)
+        s.chunk_done(d, t, t + 1.0)
+        time_by_model[d.job.model] += 1.0
+        t += 1.0
+    assert abs(time_by_model["long"] - time_by_model["short"]) <= 4.0
+
+
+def test_cancelled_queued_job_never_runs():
+    s = make_scheduler("fifo")
+    a = make_job("b", BATCH, 0.0, units=1)
+    gone = make_job("b", BATCH, 0.1, units=1)
+    s.submit(a)
+    s.submit(gone)
+    assert s.cancel(gone)
+    assert [o[0] for o in run_to_completion(s)] == [a.id]
+
+
+def test_dynamic_batching_merges_queued_jobs_of_one_model():
+    s = make_scheduler("fifo", batching=lambda model: 4 if model == "b" else None)
+    jobs = [make_job("b", BATCH, 0.01 * i, units=2) for i in range(6)]
+    for j in jobs:
+        s.submit(j)
+    _, d = s.decide(0.1)
+    assert d.job.batch_size == 4 and d.job.members == jobs[:4]
+    s.chunk_done(d, 0.1, 0.2)
+    _, d2 = s.decide(0.2)
+    assert d2.job.members == jobs[4:]
+
+
+def test_deft_uses_no_sync_points_without_active_latency_critical_streams():
+    s = make_scheduler("deft", {"b": [1e-3] * 10}, launch=5e-6, sync=20e-6)
+    b = make_job("b", BATCH, 0.0, units=10)
+    s.submit(b)
+    _, d = s.decide(0.0)
+    assert (d.start, d.end) == (0, 10)
+
+
+def test_deft_packs_chunks_up_to_the_latency_critical_slack():
+    # lc: 1 ms solo; SLO 3.5 ms -> slack 2.5 ms per batch chunk (incl. sync)
+    s = make_scheduler("deft", {"b": [1e-3] * 10, "lc": [1e-3]}, sync=0.1e-3)
+    s.submit(make_job("lc", LC, arrival=0.0, units=1, slo=3.5e-3))
+    _, d = s.decide(0.0)
+    s.chunk_done(d, 0.0, 1.1e-3)
+    b = make_job("b", BATCH, arrival=1.1e-3, units=10)
+    s.submit(b)
+    ends = []
+    t = 1.1e-3
+    while not b.done:
+        _, d = s.decide(t)
+        ends.append(d.end)
+        s.chunk_done(d, t, t + 1e-3)
+        t += 1e-3
+    assert ends == [2, 4, 6, 8, 10]  # 2 units + sync = 2.1 ms <= 2.5 ms; 3 units would not fit
+
+
+def test_deft_splits_a_batch_into_micro_batches_when_a_unit_exceeds_the_slack():
+    s = make_scheduler("deft", {"lc": [1e-3]})
+    from scheduler.priority import ModelSettings
+    from scheduler.profile import Profile
+
+    s.set_model("b", ModelSettings(), Profile({1: (1e-3, 1e-3), 8: (8e-3, 8e-3)}))
+    s.submit(make_job("lc", LC, arrival=0.0, units=1, slo=4e-3))
+    _, d = s.decide(0.0)
+    s.chunk_done(d, 0.0, 1e-3)
+    b = make_job("b", BATCH, arrival=1e-3, units=2, batch_size=8)
+    s.submit(b)
+    _, d = s.decide(1e-3)
+    assert b.micro_batches == 4  # units of 2 samples take 2 ms <= 3 ms of slack
+    assert b.total_units == 8 and b.micro_batch_sizes() == [2, 2, 2, 2]
+
+
+@pytest.mark.parametrize("name", ["fifo", "priority", "layer", "fixed:1", "fixed:16", "deft"])
+def test_policy_names(name):
+    validate_policy_name(name)
+
+
+@pytest.mark.parametrize("name", ["", "edf", "fixed:", "fixed:0", "fixed:x", "fixed:-2"])
+def test_bad_policy_names(name):
+    with pytest.raises(InvalidSettings):
+        validate_policy_name(name)
+
+
+def test_streams_budget_is_infinite_when_inactive():
+    s = make_scheduler("deft")
+    assert math.isinf(s.streams.budget(0.0))
+    assert isinstance(s.decide(0.0)[1], Wait)
+    assert not isinstance(s.decide(0.0)[1], RunChunk)
