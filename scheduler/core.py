@@ -137,7 +137,11 @@ class Scheduler:
             members = [job]
             total = job.batch_size
             for other in self.queue.same_model_queued(job):
-                if other is job or other.priority is not job.priority:
+                if (
+                    other is job
+                    or other.priority is not job.priority
+                    or other.batch_key != job.batch_key
+                ):
                     continue
                 if total + other.batch_size > limit:
                     break
@@ -155,6 +159,7 @@ class Scheduler:
                         (m.deadline for m in members if m.deadline is not None), default=None
                     ),
                     members=members,
+                    batch_key=job.batch_key,
                 )
                 merged.preemption_delay = max(m.preemption_delay for m in members)
                 for m in members:

@@ -38,7 +38,9 @@ class Job:
 
     Progress is ``next_unit``, a flat index over ``micro_batches * num_units`` unit runs
     (see ``Plan``). ``payload`` is opaque to the scheduler (the runtime keeps tensors there);
-    ``members`` are the jobs merged into this one by dynamic batching.
+    ``members`` are the jobs merged into this one by dynamic batching (only jobs with equal
+    ``batch_key`` are merged); ``device_state`` is where a device keeps a job's intermediate
+    results between chunks.
     """
 
     model: str
@@ -49,6 +51,7 @@ class Job:
     deadline: float | None = None
     timeout_at: float | None = None
     payload: Any = None
+    batch_key: object = None
     id: int = field(default_factory=next_job_id)
     members: list[Job] = field(default_factory=list)
     # progress, owned by the scheduler
@@ -61,6 +64,7 @@ class Job:
     preemption_delay: float = 0.0
     cancelled: bool = False
     sync_points: int = 0
+    device_state: Any = None
 
     @property
     def total_units(self) -> int:
