@@ -1,0 +1,116 @@
+"""The runtime's command line, parsed once into a frozen ``RuntimeConfig``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from scheduler.policies import POLICY_NAMES, validate_policy_name
+from scheduler.priority import InvalidSettings, ModelSettings, Priority
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    model_dir: Path | None
+    model_name: str | None
+    demo: bool
+    http_port: int
+    grpc_port: int
+    enable_grpc: bool
+    policy: str
+    device: str
+    priority_config: Path | None
+    priority_poll_s: float
+    repository_api: bool
+    repository_token: str | None
+    max_body_bytes: int
+    max_tensor_elements: int
+    launch_overhead_us: float | None
+    sync_overhead_us: float | None
+    cpu_threads: int | None
+    grace_period_s: int
+    retry_after_s: float
+    default_settings: ModelSettings | None
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m runtime",
+        description="Deft: a KServe runtime that lets latency-critical models preempt batch "
+        "inference. `python -m runtime profile --model_dir DIR` profiles models instead.",
+    )
+    p.add_argument("--model_dir", type=Path, default=None,
+                   help="model repository: one folder per model, or one model's files")
+    p.add_argument("--model_name", default=None,
+                   help="serve --model_dir as this single model (KServe's single-model layout)")
+    p.add_argument("--demo", action="store_true",
+                   help="serve the built-in demo models (detector, classifier)")
+    p.add_argument("--http_port", type=int, default=8080)
+    p.add_argument("--grpc_port", type=int, default=8081)
+    p.add_argument("--disable_grpc", action="store_true", help="do not serve v2 gRPC")
+    p.add_argument("--policy", default="deft", help=f"one of {', '.join(POLICY_NAMES)}")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--priority_config", type=Path, default=None,
+                   help="priorities.yaml (the controller's ConfigMap); reloaded when it changes")
+    p.add_argument("--priority_poll_s", type=float, default=1.0)
+    p.add_argument("--disable_repository_api", action="store_true",
+                   help="refuse POST /v2/repository/... (load, unload, index)")
+    p.add_argument("--repository_api_token_file", type=Path, default=None,
+                   help="require 'Authorization: Bearer <token>' on the repository API")
+    p.add_argument("--max_body_mb", type=float, default=64.0)
+    p.add_argument("--max_tensor_elements", type=int, default=64 * 1024 * 1024)
+    p.add_argument("--launch_overhead_us", type=float, default=None)
+    p.add_argument("--sync_overhead_us", type=float, default=None)
+    p.add_argument("--cpu_threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--grace_period", type=int, default=30, help="seconds to drain on SIGTERM")
+    p.add_argument("--retry_after_s", type=float, default=1.0)
+    p.add_argument("--priority", default=None, choices=[x.value for x in Priority],
+                   help="class of models whose configuration names none")
+    p.add_argument("--slo_ms", type=float, default=None)
+    p.add_argument("--max_batch_size", type=int, default=None)
+    return p
+
+
+def parse_args(argv: list[str]) -> tuple[RuntimeConfig, list[str]]:
+    """Parse the command line; unknown flags (KServe passes some of its own) are returned."""
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    try:
+        validate_policy_name(args.policy)
+        default = None
+        if args.priority or args.slo_ms or args.max_batch_size:
+            default = ModelSettings(
+                Priority.parse(args.priority or "batch"), args.slo_ms, args.max_batch_size
+            )
+    except InvalidSettings as exc:
+        parser.error(str(exc))
+    if not args.demo and args.model_dir is None:
+        parser.error("give --model_dir DIR or --demo")
+    token = None
+    if args.repository_api_token_file is not None:
+        token = args.repository_api_token_file.read_text().strip()
+    token = token or os.environ.get("DEFT_REPOSITORY_API_TOKEN") or None
+    return RuntimeConfig(
+        model_dir=args.model_dir,
+        model_name=args.model_name,
+        demo=args.demo,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        enable_grpc=not args.disable_grpc,
+        policy=args.policy,
+        device=args.device,
+        priority_config=args.priority_config,
+        priority_poll_s=args.priority_poll_s,
+        repository_api=not args.disable_repository_api,
+        repository_token=token,
+        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        max_tensor_elements=args.max_tensor_elements,
+        launch_overhead_us=args.launch_overhead_us,
+        sync_overhead_us=args.sync_overhead_us,
+        cpu_threads=args.cpu_threads,
+        grace_period_s=args.grace_period,
+        retry_after_s=args.retry_after_s,
+        default_settings=default,
+    ), unknown

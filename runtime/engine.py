@@ -1,0 +1,407 @@
+"""The engine: the one core object the protocol edges (REST, gRPC) call.
+
+It owns the served models, admission (queue bounds), the scheduler's executor thread and
+priority settings. Methods that touch torch (loading) run in worker threads; ``infer`` awaits
+the executor's answer without blocking the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import math
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from runtime.errors import (
+    InvalidInput,
+    ModelLoadError,
+    ModelNotFound,
+    ModelNotReady,
+    QueueFull,
+    ShuttingDown,
+)
+from runtime.executor import Executor, Pending, ResultListener, ThreadInbox, TorchDevice
+from runtime.metrics import Metrics
+from runtime.tensors import TensorSpec
+from scheduler.clock import Clock, MonotonicClock
+from scheduler.core import Scheduler
+from scheduler.job import Job
+from scheduler.loop import ExecutorLoop
+from scheduler.priority import ModelSettings, Priority, PriorityTable
+from scheduler.profile import DeviceCosts, Profile
+
+log = logging.getLogger(__name__)
+
+
+class ModelState(enum.Enum):
+    LOADING = "LOADING"
+    READY = "READY"
+    UNAVAILABLE = "UNAVAILABLE"
+    FAILED = "FAILED"
+
+
+@dataclass
+class ServedModel:
+    """A model as the engine serves it: split into units and profiled."""
+
+    name: str
+    segmented: object  # runtime.segments.SegmentedModel
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    settings: ModelSettings  # from the model's own configuration
+    profile: Profile | None
+    max_batch_size: int | None = None
+    max_queue_size: int = 64
+    platform: str = "pytorch"
+    version: str = "1"
+
+    @property
+    def num_units(self) -> int:
+        return int(self.segmented.num_units)  # type: ignore[attr-defined]
+
+
+Loader = Callable[[str], ServedModel]
+"""Loads one model by name from the repository (runs torch; called in a worker thread)."""
+
+
+@dataclass
+class _Entry:
+    state: ModelState
+    served: ServedModel | None = None
+    reason: str = ""
+    outstanding: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    policy: str = "deft"
+    device: str = "cpu"
+    costs: DeviceCosts = DeviceCosts()
+    default_queue_size: int = 64
+    retry_after_s: float = 1.0
+    cli_settings: Mapping[str, ModelSettings] = field(default_factory=dict)
+
+
+class Engine:
+    """Serves models through the preemptive scheduler. Called from the event loop thread."""
+
+    def __init__(
+        self,
+        loader: Loader,
+        available: Callable[[], list[str]],
+        options: EngineOptions,
+        metrics: Metrics,
+        clock: Clock | None = None,
+    ) -> None:
+        self._loader = loader
+        self._available = available
+        self.options = options
+        self.metrics = metrics
+        self.clock = clock or MonotonicClock()
+        self.device = torch.device(options.device)
+        self._models: dict[str, _Entry] = {}
+        self._table = PriorityTable({})
+        self._accepting = True
+        self._started = False
+        self._outstanding = 0
+        self._idle = threading.Condition()
+        self.scheduler = Scheduler(options.policy, options.costs, batching=self._batch_limit)
+        self.inbox = ThreadInbox()
+        self.inbox.on_cancelled = self._on_cancelled
+        self.device_runner = TorchDevice(self._served, self.device)
+        self.listener = ResultListener(metrics, self.clock)
+        self.executor = Executor(
+            ExecutorLoop(self.scheduler, self.device_runner, self.inbox, self.listener, self.clock),
+            self.inbox,
+            metrics,
+        )
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._started = True
+        self.executor.start()
+
+    def ensure_executor(self) -> bool:
+        """Restart the executor thread if it died; True if it was running."""
+        if self.executor.alive or not self._accepting or not self._started:
+            return True
+        self.executor.restart()
+        return False
+
+    def begin_shutdown(self) -> None:
+        """Stop admitting requests; accepted ones still run to their answer."""
+        self._accepting = False
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until every admitted request has been answered (or ``timeout``)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._outstanding == 0, timeout)
+
+    def stop(self, grace_s: float = 30.0) -> None:
+        """Graceful stop: refuse new work, answer the admitted requests, stop the thread.
+        Safe to call from a signal handler's thread; never blocks longer than ``grace_s``."""
+        self.begin_shutdown()
+        self.wait_idle(grace_s)
+        self.executor.stop(timeout=5.0)
+
+    # -- repository ----------------------------------------------------------------------
+
+    def load_sync(self, name: str) -> ServedModel:
+        """Load ``name`` (blocking: torch work). Failure is recorded and raised."""
+        entry = self._models.get(name)
+        if entry is not None and entry.state is ModelState.READY and entry.served is not None:
+            return entry.served
+        self._models[name] = _Entry(ModelState.LOADING)
+        try:
+            served = self._loader(name)
+        except ModelNotFound:
+            self._models.pop(name, None)
+            raise
+        except Exception as exc:
+            reason = str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
+            self._models[name] = _Entry(ModelState.FAILED, reason=reason)
+            log.error("model %s failed to load: %s", name, reason)
+            raise ModelLoadError(f"model '{name}' failed to load: {reason}") from exc
+        self._register(served)
+        return served
+
+    def _register(self, served: ServedModel) -> None:
+        settings = self.settings_for(served.name, served)
+        profile = served.profile
+        self.inbox.call(lambda s: s.set_model(served.name, settings, profile))
+        self._models[served.name] = _Entry(ModelState.READY, served)
+        log.info(
+            "model %s ready: %d units, %s%s", served.name, served.num_units,
+            settings.priority.value, f", SLO {settings.slo_ms} ms" if settings.slo_ms else "",
+        )
+
+    def add_served(self, served: ServedModel) -> None:
+        """Serve an already prepared model (used by tests and the demo)."""
+        self._register(served)
+
+    async def load(self, name: str) -> None:
+        if name not in self._available() and name not in self._models:
+            raise ModelNotFound(name)
+        await asyncio.get_running_loop().run_in_executor(None, self.load_sync, name)
+
+    async def unload(self, name: str) -> None:
+        entry = self._models.get(name)
+        if entry is None:
+            raise ModelNotFound(name)
+        entry.state = ModelState.UNAVAILABLE
+        entry.served = None
+        self.inbox.call(lambda s: s.remove_model(name))
+
+    def index(self) -> list[dict[str, str]]:
+        names = sorted(set(self._available()) | set(self._models))
+        out = []
+        for name in names:
+            entry = self._models.get(name)
+            state = entry.state.value if entry else ModelState.UNAVAILABLE.value
+            item = {"name": name, "version": "1", "state": state}
+            if entry is not None and entry.reason:
+                item["reason"] = entry.reason
+            out.append(item)
+        return out
+
+    # -- settings ------------------------------------------------------------------------
+
+    def settings_for(self, name: str, served: ServedModel | None = None) -> ModelSettings:
+        """Priority table, then the model's configuration, then the command line."""
+        from_table = self._table.get(name)
+        if from_table is not None:
+            return from_table
+        if served is not None and (
+            served.settings != ModelSettings() or name not in self.options.cli_settings
+        ):
+            return served.settings
+        return self.options.cli_settings.get(name, ModelSettings())
+
+    def apply_priorities(self, table: PriorityTable) -> None:
+        """Swap in a new priority table; applies at the next sync point, drops nothing."""
+        self._table = table
+        for name, entry in list(self._models.items()):
+            if entry.served is not None:
+                served = entry.served
+                settings = self.settings_for(name, served)
+                self.inbox.call(lambda s, n=name, st=settings, p=served.profile: s.set_model(n, st, p))
+        log.info("priority table applied: %d entries", len(table.models))
+
+    def _batch_limit(self, model: str) -> int | None:
+        entry = self._models.get(model)
+        if entry is None or entry.served is None:
+            return None
+        settings = self.scheduler.settings.get(model)
+        limit = settings.max_batch_size if settings and settings.max_batch_size else None
+        return limit or entry.served.max_batch_size
+
+    # -- serving -------------------------------------------------------------------------
+
+    def _served(self, name: str) -> ServedModel | None:
+        entry = self._models.get(name)
+        return entry.served if entry is not None else None
+
+    def model(self, name: str) -> ServedModel:
+        entry = self._models.get(name)
+        if entry is None:
+            if name in self._available():
+                raise ModelNotReady(f"model '{name}' is not loaded")
+            raise ModelNotFound(name)
+        if entry.state is not ModelState.READY or entry.served is None:
+            detail = f": {entry.reason}" if entry.reason else ""
+            raise ModelNotReady(f"model '{name}' is {entry.state.value.lower()}{detail}")
+        return entry.served
+
+    def model_ready(self, name: str) -> bool:
+        entry = self._models.get(name)
+        if entry is None and name not in self._available():
+            raise ModelNotFound(name)
+        return entry is not None and entry.state is ModelState.READY
+
+    def ready(self) -> bool:
+        return self._accepting and self.executor.alive
+
+    def ready_models(self) -> list[str]:
+        return sorted(n for n, e in self._models.items() if e.state is ModelState.READY)
+
+    def metadata(self, name: str) -> dict[str, object]:
+        served = self.model(name)
+        return {
+            "name": name,
+            "versions": [served.version],
+            "platform": served.platform,
+            "inputs": [s.to_metadata() for s in served.inputs],
+            "outputs": [s.to_metadata() for s in served.outputs],
+        }
+
+    async def infer(
+        self,
+        name: str,
+        inputs: dict[str, np.ndarray],
+        *,
+        priority: int = 0,
+        timeout_us: int | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run one request through the scheduler; returns its outputs by name.
+
+        Raises ``ShuttingDown``, ``ModelNotFound``/``ModelNotReady``, ``InvalidInput``,
+        ``QueueFull`` (refused at once, never queued), ``RequestTimeout`` (queued past its
+        timeout, never run) or ``InferenceFailed``. Cancelling the awaiting task withdraws a
+        job that has not started.
+        """
+        if not self._accepting:
+            raise ShuttingDown("the server is shutting down")
+        served = self.model(name)
+        self.ensure_executor()
+        entry = self._models[name]
+        settings = self.scheduler.settings.get(name) or self.settings_for(name, served)
+        klass = settings.priority.with_request_level(priority)
+        batch = _batch_size(inputs, served)
+        limit = self._batch_limit(name)
+        if limit is not None and batch > limit:
+            raise InvalidInput(
+                f"batch of {batch} exceeds model '{name}''s max batch size of {limit}"
+            )
+        with entry.lock:
+            if entry.outstanding >= served.max_queue_size:
+                self.metrics.requests.labels(name, klass.value, "refused").inc()
+                raise QueueFull(
+                    f"model '{name}' has {entry.outstanding} requests queued, its limit",
+                    retry_after_s=self.options.retry_after_s,
+                )
+            entry.outstanding += 1
+        with self._idle:
+            self._outstanding += 1
+        loop = asyncio.get_running_loop()
+        now = self.clock.now()
+        slo_s = settings.slo_ms / 1000.0 if settings.slo_ms else None
+        future: asyncio.Future[dict[str, np.ndarray]] = loop.create_future()
+        pending = Pending(name, klass.value, inputs, future, loop, now, slo_s)
+        pending.on_done = lambda: self._finished(entry, pending)
+        job = Job(
+            model=name,
+            priority=klass,
+            batch_size=batch,
+            arrival=now,
+            num_units=served.num_units,
+            deadline=now + slo_s if slo_s is not None and klass is settings.priority else None,
+            timeout_at=now + timeout_us / 1e6 if timeout_us else None,
+            payload=pending,
+            batch_key=tuple((k, v.shape[1:], v.dtype.str) for k, v in inputs.items()),
+        )
+        if klass is Priority.LATENCY_CRITICAL and job.deadline is None:
+            job.deadline = now + 3600.0
+        self.metrics.queue_depth.labels(name, klass.value).inc()
+        self.inbox.submit(job)
+        try:
+            result = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            self.inbox.cancel(job)
+            raise
+        except BaseException as exc:
+            outcome = type(exc).__name__
+            self.metrics.requests.labels(name, klass.value, _outcome(outcome)).inc()
+            raise
+        latency = self.clock.now() - now
+        self.metrics.request_latency.labels(name, klass.value).observe(latency)
+        self.metrics.requests.labels(name, klass.value, "ok").inc()
+        return result
+
+    def _finished(self, entry: _Entry, pending: Pending) -> None:
+        with entry.lock:
+            entry.outstanding -= 1
+        self.metrics.queue_depth.labels(pending.model, pending.priority_label).dec()
+        with self._idle:
+            self._outstanding -= 1
+            if self._outstanding == 0:
+                self._idle.notify_all()
+
+    def _on_cancelled(self, job: Job) -> None:
+        # called on the executor thread: a queued job was withdrawn before it started
+        job.payload.resolve(None)
+
+    @property
+    def outstanding(self) -> int:
+        return self._outstanding
+
+
+def _outcome(exc_name: str) -> str:
+    return {
+        "RequestTimeout": "timeout",
+        "InferenceFailed": "failed",
+        "CancelledError": "cancelled",
+    }.get(exc_name, "rejected")
+
+
+def _batch_size(inputs: Mapping[str, np.ndarray], served: ServedModel) -> int:
+    sizes = set()
+    for spec in served.inputs:
+        arr = inputs.get(spec.name)
+        if arr is None:
+            raise InvalidInput(f"input '{spec.name}' is missing")
+        if arr.ndim == 0:
+            raise InvalidInput(f"input '{spec.name}' has no batch dimension")
+        sizes.add(int(arr.shape[0]))
+    if len(sizes) != 1:
+        raise InvalidInput(f"inputs disagree on the batch size: {sorted(sizes)}")
+    size = sizes.pop()
+    if size < 1:
+        raise InvalidInput("the batch dimension must be at least 1")
+    return size
+
+
+def profile_from_us(data: Mapping[str, list[float]] | None) -> Profile | None:
+    """The scheduler's profile from the profiler's ``{"<batch>": [us, ...]}`` shape."""
+    if not data:
+        return None
+    if any(not math.isfinite(x) for row in data.values() for x in row):
+        return None
+    return Profile.from_us(data)

@@ -1,0 +1,315 @@
+"""The torch side of the executor loop: one thread per device runs the scheduler's
+decisions on real models and answers the requests behind each job.
+
+Thread model: the event loop thread only submits and cancels through a ``ThreadInbox`` and
+awaits futures; the executor thread owns the scheduler and runs torch; answers cross back with
+``loop.call_soon_threadsafe``. Torch never runs on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from runtime.errors import InferenceFailed, RequestTimeout
+from runtime.metrics import Metrics
+from scheduler.clock import Clock
+from scheduler.core import ChunkDone, Scheduler
+from scheduler.job import Job, Reject, RunChunk
+from scheduler.loop import ExecutorLoop
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Pending:
+    """One admitted request waiting for its answer (kept in ``Job.payload``)."""
+
+    model: str
+    priority_label: str
+    inputs: dict[str, np.ndarray]
+    future: asyncio.Future[dict[str, np.ndarray]]
+    loop: asyncio.AbstractEventLoop
+    admitted_at: float
+    slo_s: float | None = None
+    on_done: Callable[[], None] | None = field(default=None, repr=False)
+
+    def resolve(self, result: dict[str, np.ndarray] | BaseException | None) -> None:
+        """Answer from any thread; ``None`` withdraws the request (nobody waits for it)."""
+
+        def _set() -> None:
+            if self.on_done is not None:
+                self.on_done()
+                self.on_done = None
+            if self.future.done():
+                return
+            if result is None:
+                self.future.cancel()
+            elif isinstance(result, BaseException):
+                self.future.set_exception(result)
+            else:
+                self.future.set_result(result)
+
+        try:
+            self.loop.call_soon_threadsafe(_set)
+        except RuntimeError:  # the event loop is closed: nobody is waiting any more
+            pass
+
+
+class ThreadInbox:
+    """Hands work from other threads to the executor thread (scheduler ``Inbox``)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._submitted: list[Job] = []
+        self._cancelled: list[Job] = []
+        self._calls: list[Callable[[Scheduler], None]] = []
+        self._stopping = False
+        self.on_cancelled: Callable[[Job], None] = lambda job: None
+
+    def submit(self, job: Job) -> None:
+        with self._cond:
+            self._submitted.append(job)
+            self._cond.notify()
+
+    def cancel(self, job: Job) -> None:
+        with self._cond:
+            self._cancelled.append(job)
+            self._cond.notify()
+
+    def call(self, fn: Callable[[Scheduler], None]) -> None:
+        """Run ``fn(scheduler)`` on the executor thread at its next sync point."""
+        with self._cond:
+            self._calls.append(fn)
+            self._cond.notify()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+
+    def reopen(self) -> None:
+        with self._cond:
+            self._stopping = False
+
+    def drain(self, scheduler: Scheduler, now: float) -> None:
+        with self._cond:
+            calls, self._calls = self._calls, []
+            submitted, self._submitted = self._submitted, []
+            cancelled, self._cancelled = self._cancelled, []
+        for fn in calls:
+            fn(scheduler)
+        for job in submitted:
+            scheduler.submit(job)
+        for job in cancelled:
+            if scheduler.cancel(job):
+                self.on_cancelled(job)
+
+    def wait(self, until: float | None) -> bool:
+        with self._cond:
+            if self._stopping:
+                return False
+            if not (self._submitted or self._cancelled or self._calls):
+                self._cond.wait(timeout=0.5 if until is None else max(0.0, until))
+            return not self._stopping
+
+
+@dataclass
+class _JobState:
+    micro_states: list[Any]
+    micro_outputs: list[dict[str, torch.Tensor] | None]
+
+
+class TorchDevice:
+    """Runs chunks of jobs on one torch device (scheduler ``Device``).
+
+    A job's batch (its members' inputs concatenated) is split into the plan's micro-batches;
+    flat unit ``f`` is unit ``f % num_units`` of micro-batch ``f // num_units``. A chunk ends
+    with a sync point: on CUDA an event recorded on the job's stream and waited for; on CPU
+    the ops have already finished. Latency-critical jobs run on a high-priority CUDA stream.
+    """
+
+    def __init__(self, lookup: Callable[[str], Any], device: torch.device) -> None:
+        self._lookup = lookup
+        self.device = device
+        self._cuda = device.type == "cuda"
+        if self._cuda:
+            self._lc_stream = torch.cuda.Stream(device=device, priority=-1)
+            self._batch_stream = torch.cuda.Stream(device=device, priority=0)
+
+    def run_chunk(self, chunk: RunChunk) -> None:
+        job = chunk.job
+        served = self._lookup(job.model)
+        if served is None:
+            raise InferenceFailed(f"model '{job.model}' was unloaded")
+        seg = served.segmented
+        if job.device_state is None:
+            job.device_state = self._prepare(job, seg)
+        st: _JobState = job.device_state
+        n = job.num_units
+        stream = None
+        if self._cuda:
+            stream = self._lc_stream if job.latency_critical else self._batch_stream
+        ctx = torch.cuda.stream(stream) if stream is not None else nullcontext()
+        with torch.inference_mode(), ctx:
+            f = chunk.start
+            while f < chunk.end:
+                m, u = divmod(f, n)
+                stop = min(chunk.end, (m + 1) * n)
+                st.micro_states[m] = seg.run(st.micro_states[m], u, u + (stop - f))
+                if stop == (m + 1) * n:
+                    st.micro_outputs[m] = seg.finish(st.micro_states[m])
+                    st.micro_states[m] = None
+                f = stop
+            if stream is not None:
+                event = torch.cuda.Event()
+                event.record(stream)
+                event.synchronize()
+
+    def _prepare(self, job: Job, seg: Any) -> _JobState:
+        members = job.members or [job]
+        names = list(members[0].payload.inputs)
+        batch: dict[str, np.ndarray] = {}
+        for name in names:
+            parts = [m.payload.inputs[name] for m in members]
+            arr = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            batch[name] = arr if arr.flags.writeable else arr.copy()
+        sizes = job.micro_batch_sizes()
+        states: list[Any] = []
+        offset = 0
+        with torch.inference_mode():
+            for size in sizes:
+                tensors = {
+                    k: torch.from_numpy(v[offset : offset + size]).to(self.device, non_blocking=True)
+                    for k, v in batch.items()
+                }
+                states.append(seg.start(tensors))
+                offset += size
+        return _JobState(states, [None] * len(sizes))
+
+    @staticmethod
+    def outputs(job: Job) -> dict[str, np.ndarray]:
+        st: _JobState = job.device_state
+        parts = [o for o in st.micro_outputs if o is not None]
+        names = list(parts[0])
+        out: dict[str, np.ndarray] = {}
+        for name in names:
+            ts = [p[name] for p in parts]
+            t = torch.cat(ts) if len(ts) > 1 else ts[0]
+            out[name] = t.detach().to("cpu").numpy()
+        return out
+
+
+class ResultListener:
+    """Answers requests when their jobs end; records per-chunk metrics (``Listener``)."""
+
+    def __init__(self, metrics: Metrics, clock: Clock) -> None:
+        self.metrics = metrics
+        self.clock = clock
+
+    def on_chunk(self, done: ChunkDone, chunk: RunChunk) -> None:
+        job = done.job
+        label = job.priority.value
+        self.metrics.device_busy.labels(job.model, label).inc(done.t1 - done.t0)
+        if not job.latency_critical:
+            self.metrics.sync_interval.labels(job.model).set(done.end - done.start)
+        if chunk.preempted is not None:
+            p = chunk.preempted
+            self.metrics.preemptions.labels(p.model, p.priority.value).inc()
+        if chunk.start == 0:
+            for member in job.members or [job]:
+                wait = (job.started_at or done.t0) - member.arrival
+                self.metrics.queue_wait.labels(job.model, label).observe(max(0.0, wait))
+
+    def on_complete(self, job: Job, now: float) -> None:
+        try:
+            outputs = TorchDevice.outputs(job)
+        except Exception as exc:  # a model that returned something unusable
+            self.on_fail(job, exc, now)
+            return
+        finally_state = job.device_state
+        job.device_state = None
+        del finally_state
+        members = job.members or [job]
+        offset = 0
+        for member in members:
+            size = member.batch_size
+            part = {k: v[offset : offset + size] for k, v in outputs.items()}
+            offset += size
+            pending: Pending = member.payload
+            if job.latency_critical:
+                self.metrics.preemption_delay.labels(job.model, job.priority.value).observe(
+                    member.preemption_delay or job.preemption_delay
+                )
+            latency = now - member.arrival
+            if pending.slo_s is not None and latency > pending.slo_s:
+                self.metrics.slo_violations.labels(job.model, job.priority.value).inc()
+            pending.resolve(part)
+
+    def on_reject(self, reject: Reject, now: float) -> None:
+        reject.job.payload.resolve(RequestTimeout(reject.reason))
+
+    def on_fail(self, job: Job, error: BaseException, now: float) -> None:
+        job.device_state = None
+        for member in job.members or [job]:
+            member.payload.resolve(
+                error if isinstance(error, InferenceFailed) else InferenceFailed(
+                    f"model '{job.model}' failed: {type(error).__name__}: {error}"
+                )
+            )
+
+
+class Executor:
+    """The executor thread. Restarts its loop if the loop itself raises; ``alive`` tells
+    whether the thread runs (the engine reports not-ready and starts a new one if not)."""
+
+    def __init__(self, loop: ExecutorLoop, inbox: ThreadInbox, metrics: Metrics) -> None:
+        self.loop = loop
+        self.inbox = inbox
+        self.metrics = metrics
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.last_error: BaseException | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        self._stopping = False
+        self.inbox.reopen()
+        self._thread = threading.Thread(target=self._run, name="deft-executor", daemon=True)
+        self._thread.start()
+
+    def restart(self) -> None:
+        log.error("executor thread is not running (last error: %r); restarting", self.last_error)
+        self.metrics.executor_restarts.inc()
+        self.start()
+
+    def _run(self) -> None:
+        while not self._stopping:
+            try:
+                self.loop.run()
+                return
+            except Exception as exc:  # a bug in the loop: drop the job in hand, keep serving
+                self.last_error = exc
+                log.exception("executor loop raised; restarting it")
+                self.metrics.executor_restarts.inc()
+                current = self.loop.scheduler.current
+                if current is not None:
+                    self.loop.scheduler.current = None
+                    self.loop.listener.on_fail(current, exc, self.loop.clock.now())
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping = True
+        self.inbox.stop()
+        if self._thread is not None:
+            self._thread.join(timeout)

@@ -1,0 +1,212 @@
+"""The v2 REST edge: decode, call the engine, encode. No scheduling or torch here.
+
+Routes are registered on the kserve ModelServer's FastAPI app before kserve adds its own, so
+they take precedence for the paths below; kserve keeps serving ``/metrics``, health and the
+rest. Error conditions map to status codes here and only here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from runtime import errors
+from runtime.codec import Limits, decode_request, encode_response, error_body
+from runtime.engine import Engine
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "deft"
+SERVER_VERSION = "0.1.0"
+EXTENSIONS = ["binary_tensor_data", "model_repository", "schedule_policy"]
+
+_STATUS: list[tuple[type[errors.DeftError], int]] = [
+    (errors.ModelNotFound, 404),
+    (errors.PayloadTooLarge, 400),
+    (errors.InvalidInput, 400),
+    (errors.QueueFull, 429),
+    (errors.RequestTimeout, 408),
+    (errors.ModelNotReady, 503),
+    (errors.ShuttingDown, 503),
+    (errors.Unauthorized, 401),
+    (errors.Disabled, 403),
+    (errors.ModelLoadError, 500),
+    (errors.InferenceFailed, 500),
+]
+
+
+def status_of(exc: errors.DeftError) -> int:
+    for kind, code in _STATUS:
+        if isinstance(exc, kind):
+            return code
+    return 500
+
+
+def error_response(message: str, status: int, headers: dict[str, str] | None = None) -> Response:
+    return Response(error_body(message), status, headers, media_type="application/json")
+
+
+def _json(doc: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(doc), status, media_type="application/json")
+
+
+@dataclass(frozen=True)
+class RepositoryAccess:
+    """Who may call the repository (load/unload/index) routes."""
+
+    enabled: bool = True
+    token: str | None = None
+
+    def check(self, request: Request) -> None:
+        if not self.enabled:
+            raise errors.Disabled("the model repository API is disabled on this server")
+        if self.token is None:
+            return
+        got = request.headers.get("authorization", "")
+        if not hmac.compare_digest(got.encode(), f"Bearer {self.token}".encode()):
+            raise errors.Unauthorized("the model repository API needs a valid bearer token")
+
+
+async def _wait_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def _guard(fn: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
+    import functools
+
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Response:
+        try:
+            return await fn(*args, **kwargs)
+        except errors.DeftError as exc:
+            headers = None
+            if isinstance(exc, errors.QueueFull):
+                headers = {"retry-after": str(max(1, round(exc.retry_after_s)))}
+            return error_response(str(exc), status_of(exc), headers)
+
+    return wrapper
+
+
+def build_router(
+    engine: Engine, limits: Limits, access: RepositoryAccess | None = None
+) -> APIRouter:
+    """The v2 routes Deft serves itself (infer, metadata, readiness, repository)."""
+    access = access or RepositoryAccess()
+    router = APIRouter()
+
+    @_guard
+    async def server_metadata() -> Response:
+        return _json({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS})
+
+    @_guard
+    async def live() -> Response:
+        return _json({"live": True})
+
+    @_guard
+    async def ready() -> Response:
+        engine.ensure_executor()
+        ok = engine.ready()
+        return _json({"ready": ok}, 200 if ok else 503)
+
+    @_guard
+    async def list_models() -> Response:
+        return _json({"models": engine.ready_models()})
+
+    @_guard
+    async def model_metadata(model_name: str, model_version: str | None = None) -> Response:
+        return _json(engine.metadata(model_name))
+
+    @_guard
+    async def model_ready(model_name: str, model_version: str | None = None) -> Response:
+        ok = engine.model_ready(model_name)
+        return _json({"name": model_name, "ready": ok}, 200 if ok else 503)
+
+    @_guard
+    async def infer(request: Request, model_name: str, model_version: str | None = None) -> Response:
+        served = engine.model(model_name)
+        body = await request.body()
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        loop = asyncio.get_running_loop()
+        decoded = await loop.run_in_executor(
+            None,
+            lambda: decode_request(body, headers, served.inputs, limits, outputs=served.outputs),
+        )
+        plan = decoded.output_plan([s.name for s in served.outputs])
+        work = asyncio.ensure_future(
+            engine.infer(
+                model_name, decoded.inputs, priority=decoded.priority, timeout_us=decoded.timeout_us
+            )
+        )
+        gone = asyncio.ensure_future(_wait_disconnect(request))
+        done, _ = await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if work not in done:
+            work.cancel()
+            log.info("client of a %s request went away; its job was withdrawn", model_name)
+            return error_response("client disconnected", 499)
+        gone.cancel()
+        outputs = work.result()
+        selected = {o.name: outputs[o.name] for o in plan}
+        binary = {o.name for o in plan if o.binary_data}
+        payload, out_headers = encode_response(
+            model_name, served.version, decoded.id, selected, served.outputs, binary
+        )
+        return Response(payload, 200, out_headers)
+
+    @_guard
+    async def repository_index(request: Request) -> Response:
+        access.check(request)
+        return _json(engine.index())
+
+    @_guard
+    async def repository_load(request: Request, model_name: str) -> Response:
+        access.check(request)
+        await engine.load(model_name)
+        return _json({"name": model_name, "load": True})
+
+    @_guard
+    async def repository_unload(request: Request, model_name: str) -> Response:
+        access.check(request)
+        await engine.unload(model_name)
+        return _json({"name": model_name, "unload": True})
+
+    add = router.add_api_route
+    add("/v2", server_metadata, methods=["GET"])
+    add("/v2/health/live", live, methods=["GET"])
+    add("/v2/health/ready", ready, methods=["GET"])
+    add("/v2/models", list_models, methods=["GET"])
+    add("/v2/models/{model_name}", model_metadata, methods=["GET"])
+    add("/v2/models/{model_name}/versions/{model_version}", model_metadata, methods=["GET"])
+    add("/v2/models/{model_name}/ready", model_ready, methods=["GET"])
+    add("/v2/models/{model_name}/versions/{model_version}/ready", model_ready, methods=["GET"])
+    add("/v2/models/{model_name}/infer", infer, methods=["POST"])
+    add("/v2/models/{model_name}/versions/{model_version}/infer", infer, methods=["POST"])
+    add("/v2/repository/index", repository_index, methods=["POST"])
+    add("/v2/repository/models/{model_name}/load", repository_load, methods=["POST"])
+    add("/v2/repository/models/{model_name}/unload", repository_unload, methods=["POST"])
+    return router
+
+
+def install(app: FastAPI, engine: Engine, limits: Limits, access: RepositoryAccess) -> None:
+    """Put Deft's routes and v2 error mapping on ``app`` (before kserve adds its routes)."""
+    app.include_router(build_router(engine, limits, access))
+
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        return error_response(f"invalid request: {exc.errors()}", 400)
+
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return error_response(str(exc.detail), exc.status_code, getattr(exc, "headers", None))
+
+    app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]

@@ -1,0 +1,101 @@
+"""Deft's models as kserve models, so kserve's data plane (its gRPC server, its model registry
+and health checks) serves them through the same engine as the REST routes.
+
+Imports kserve at module level: import this module only from the entry point (kserve parses
+``sys.argv`` when imported).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from kserve import Model
+from kserve.errors import InferenceError
+from kserve.errors import InvalidInput as KServeInvalidInput
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+
+from runtime import errors
+from runtime.engine import Engine
+from runtime.tensors import NUMPY_TO_V2, V2_TO_NUMPY
+
+
+def _param(parameters: Any, key: str) -> int:
+    if not parameters or key not in parameters:
+        return 0
+    value = parameters[key]
+    for attr in ("int64_param", "uint64_param"):
+        if hasattr(value, attr) and value.WhichOneof("parameter_choice") == attr:
+            return int(getattr(value, attr))
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise KServeInvalidInput(f"parameter '{key}' must be a non-negative integer")
+    return value
+
+
+class DeftModel(Model):  # type: ignore[misc]
+    """One served model as kserve sees it; ``predict`` goes through Deft's scheduler."""
+
+    def __init__(self, name: str, engine: Engine) -> None:
+        super().__init__(name)
+        self.engine = False  # no separate engine loop for kserve to start or stop
+        self._deft = engine
+        self.ready = engine.model_ready(name)
+
+    def load(self) -> bool:
+        self.ready = self._deft.model_ready(self.name)
+        return self.ready
+
+    async def healthy(self) -> bool:
+        return self._deft.model_ready(self.name) and self._deft.ready()
+
+    def get_input_types(self) -> list[dict[str, Any]]:
+        return [s.to_metadata() for s in self._deft.model(self.name).inputs]
+
+    def get_output_types(self) -> list[dict[str, Any]]:
+        return [s.to_metadata() for s in self._deft.model(self.name).outputs]
+
+    async def predict(
+        self, payload: InferRequest, headers: dict[str, str] | None = None,
+        response_headers: dict[str, str] | None = None,
+    ) -> InferResponse:
+        served = self._deft.model(self.name)
+        specs = {s.name: s for s in served.inputs}
+        inputs: dict[str, np.ndarray] = {}
+        for tensor in payload.inputs:
+            spec = specs.get(tensor.name)
+            if spec is None:
+                raise KServeInvalidInput(f"input '{tensor.name}': the model has no such input")
+            if tensor.datatype != spec.datatype:
+                raise KServeInvalidInput(
+                    f"input '{tensor.name}': datatype {tensor.datatype}, expected {spec.datatype}"
+                )
+            try:
+                arr = np.asarray(tensor.as_numpy(), dtype=V2_TO_NUMPY[spec.datatype])
+            except Exception as exc:
+                raise KServeInvalidInput(f"input '{tensor.name}': {exc}") from None
+            if not spec.accepts_shape(arr.shape):
+                raise KServeInvalidInput(
+                    f"input '{tensor.name}': shape {list(arr.shape)}, expected {list(spec.shape)}"
+                )
+            inputs[tensor.name] = arr
+        try:
+            outputs = await self._deft.infer(
+                self.name, inputs,
+                priority=_param(payload.parameters, "priority"),
+                timeout_us=_param(payload.parameters, "timeout") or None,
+            )
+        except errors.InvalidInput as exc:
+            raise KServeInvalidInput(str(exc)) from None
+        except errors.InferenceFailed as exc:
+            raise InferenceError(str(exc)) from None
+        infer_outputs = []
+        for spec in served.outputs:
+            arr = outputs[spec.name]
+            out = InferOutput(spec.name, list(arr.shape), NUMPY_TO_V2.get(arr.dtype, spec.datatype))
+            out.set_data_from_numpy(arr, binary_data=True)
+            infer_outputs.append(out)
+        return InferResponse(
+            response_id=payload.id or "", model_name=self.name, infer_outputs=infer_outputs,
+            use_binary_outputs=payload.use_binary_outputs if hasattr(
+                payload, "use_binary_outputs") else False,
+        )

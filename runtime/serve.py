@@ -1,0 +1,140 @@
+"""Builds the runtime from its configuration and runs it inside a kserve ModelServer.
+
+Imported only by ``python -m runtime`` (kserve parses ``sys.argv`` on import).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from kserve import ModelServer
+from kserve import model_server as kserve_model_server
+from kserve.model_repository import ModelRepository
+
+from runtime import model_repository as repo
+from runtime.codec import Limits
+from runtime.config import RuntimeConfig
+from runtime.engine import Engine, EngineOptions, ServedModel, profile_from_us
+from runtime.errors import ModelLoadError
+from runtime.http import RepositoryAccess, install
+from runtime.kserve_model import DeftModel
+from runtime.metrics import Metrics
+from runtime.priorities import PriorityFileWatcher
+from scheduler.profile import DeviceCosts
+
+log = logging.getLogger(__name__)
+
+# per-unit host overhead and sync cost the predictor assumes, by device type (microseconds)
+_COSTS_US = {"cpu": (15.0, 0.0), "cuda": (8.0, 20.0)}
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def demo_dir() -> Path:
+    from runtime.demo import write_demo_repository
+
+    base = Path(os.environ.get("DEFT_CACHE_DIR", Path.home() / ".cache" / "deft"))
+    return write_demo_repository(base / f"demo-{torch.__version__}")
+
+
+def make_loader(model_dir: Path, model_name: str | None, device: torch.device):
+    def load(name: str) -> ServedModel:
+        sources = {s.name: s for s in repo.discover(model_dir, model_name)}
+        source = sources.get(name)
+        if source is None:
+            from runtime.errors import ModelNotFound
+
+            raise ModelNotFound(name)
+        loaded = repo.load(source, device)
+        cfg = loaded.config
+        return ServedModel(
+            name=name,
+            segmented=loaded.model,
+            inputs=cfg.inputs,
+            outputs=cfg.outputs,
+            settings=cfg.settings,
+            profile=profile_from_us(loaded.profile),
+            max_batch_size=cfg.max_batch_size,
+            max_queue_size=cfg.max_queue_size,
+            platform=f"pytorch_{source.format}",
+        )
+
+    def available() -> list[str]:
+        try:
+            return [s.name for s in repo.discover(model_dir, model_name)]
+        except ModelLoadError:
+            return []
+
+    return load, available
+
+
+def build_engine(cfg: RuntimeConfig, metrics: Metrics) -> tuple[Engine, Path]:
+    device = pick_device(cfg.device)
+    if cfg.cpu_threads:
+        torch.set_num_threads(cfg.cpu_threads)
+    model_dir = demo_dir() if cfg.demo else cfg.model_dir
+    assert model_dir is not None
+    launch, sync = _COSTS_US[device.type]
+    costs = DeviceCosts.from_us(
+        cfg.launch_overhead_us if cfg.launch_overhead_us is not None else launch,
+        cfg.sync_overhead_us if cfg.sync_overhead_us is not None else sync,
+    )
+    loader, available = make_loader(model_dir, None if cfg.demo else cfg.model_name, device)
+    cli = {}
+    if cfg.default_settings is not None:
+        cli = {name: cfg.default_settings for name in available()}
+    options = EngineOptions(
+        policy=cfg.policy, device=str(device), costs=costs, retry_after_s=cfg.retry_after_s,
+        cli_settings=cli,
+    )
+    return Engine(loader, available, options, metrics), model_dir
+
+
+def main(cfg: RuntimeConfig) -> int:
+    metrics = Metrics()
+    engine, model_dir = build_engine(cfg, metrics)
+    log.info("policy %s on %s, models from %s", cfg.policy, engine.device, model_dir)
+    for name in engine.index():
+        try:
+            engine.load_sync(name["name"])
+        except Exception as exc:  # reported; the other models still serve
+            log.error("%s", exc)
+    engine.start()
+    watcher = None
+    if cfg.priority_config is not None:
+        watcher = PriorityFileWatcher(cfg.priority_config, engine.apply_priorities,
+                                      cfg.priority_poll_s)
+        watcher.start()
+
+    limits = Limits(max_body_bytes=cfg.max_body_bytes, max_tensor_elements=cfg.max_tensor_elements)
+    access = RepositoryAccess(enabled=cfg.repository_api, token=cfg.repository_token)
+    install(kserve_model_server.app, engine, limits, access)
+
+    registry = ModelRepository(models_dir=str(model_dir))
+    models = [DeftModel(name, engine) for name in engine.ready_models()]
+    server = ModelServer(
+        http_port=cfg.http_port,
+        grpc_port=cfg.grpc_port,
+        enable_grpc=cfg.enable_grpc,
+        registered_models=registry,
+        grace_period=cfg.grace_period_s,
+        workers=1,
+    )
+    try:
+        server.start(models)
+    finally:
+        # uvicorn has drained its in-flight requests; stop the executor and watchers
+        if watcher is not None:
+            watcher.stop()
+        engine.stop(grace_s=1.0)
+        log.info("stopped")
+    return 0
+
+

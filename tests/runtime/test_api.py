@@ -1,0 +1,152 @@
+"""The v2 REST surface, in process: a real engine and torch models behind FastAPI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import tritonclient.http as httpclient
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from runtime.codec import Limits
+from runtime.http import RepositoryAccess, install
+from tests.runtime.helpers import make_engine, served_mlp
+
+X = np.arange(8, dtype=np.float32).reshape(2, 4) / 10
+
+
+def expected(module, x):
+    with torch.no_grad():
+        return module(torch.from_numpy(x)).numpy()
+
+
+@pytest.fixture
+def served():
+    return served_mlp()
+
+
+@pytest.fixture
+def client(served):
+    model, _ = served
+    engine = make_engine([model], names=["mlp", "not-loaded"])
+    engine.start()
+    app = FastAPI()
+    install(app, engine, Limits(max_body_bytes=1 << 20), RepositoryAccess(enabled=True))
+    with TestClient(app) as c:
+        c.engine = engine
+        yield c
+    engine.stop(1.0)
+
+
+def json_body(x=X, name="x", datatype="FP32", shape=None, **extra):
+    doc = {"inputs": [{"name": name, "datatype": datatype,
+                       "shape": list(shape or x.shape), "data": x.ravel().tolist()}]}
+    doc.update(extra)
+    return json.dumps(doc)
+
+
+def test_server_and_model_metadata(client):
+    assert client.get("/v2").json()["name"] == "deft"
+    assert client.get("/v2/health/live").json() == {"live": True}
+    assert client.get("/v2/health/ready").status_code == 200
+    assert client.get("/v2/models").json() == {"models": ["mlp"]}
+    meta = client.get("/v2/models/mlp").json()
+    assert meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]
+    assert meta["outputs"] == [{"name": "y", "datatype": "FP32", "shape": [-1, 3]}]
+    assert client.get("/v2/models/mlp/ready").json()["ready"] is True
+    assert client.get("/v2/models/mlp/versions/1").status_code == 200
+
+
+@pytest.mark.parametrize("content_type", ["application/json", None])
+def test_json_infer_with_and_without_content_type(client, served, content_type):
+    headers = {"content-type": content_type} if content_type else {}
+    r = client.post("/v2/models/mlp/infer", content=json_body(id="r1"), headers=headers)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["id"] == "r1" and out["model_name"] == "mlp"
+    y = np.array(out["outputs"][0]["data"], dtype=np.float32).reshape(out["outputs"][0]["shape"])
+    np.testing.assert_allclose(y, expected(served[1], X), rtol=1e-5)
+
+
+def test_binary_infer_as_tritonclient_sends_it(client, served):
+    inp = httpclient.InferInput("x", list(X.shape), "FP32")
+    inp.set_data_from_numpy(X, binary_data=True)
+    out = httpclient.InferRequestedOutput("y", binary_data=True)
+    body, header_len = httpclient.InferenceServerClient.generate_request_body([inp], [out])
+    headers = {"inference-header-content-length": str(header_len)} if header_len else {}
+    r = client.post("/v2/models/mlp/infer", content=body, headers=headers)
+    assert r.status_code == 200, r.text
+    result = httpclient.InferenceServerClient.parse_response_body(
+        r.content, header_length=int(r.headers["inference-header-content-length"]))
+    np.testing.assert_allclose(result.as_numpy("y"), expected(served[1], X), rtol=1e-5)
+
+
+@pytest.mark.parametrize(("body", "needle"), [
+    (json_body(datatype="INT64", x=X.astype(np.int64)), "datatype"),
+    (json_body(shape=[2, 2, 2]), "shape"),
+    (json_body(name="z"), "z"),
+    ("{not json", "JSON"),
+    ('["a"]', "object"),
+    (json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 4],
+                             "data": [1.0] * 5}]}), "x"),
+    (json_body(parameters={"priority": -1}), "priority"),
+    (json_body(parameters={"timeout": "soon"}), "timeout"),
+])
+def test_bad_input_is_a_400_with_a_v2_error(client, body, needle):
+    r = client.post("/v2/models/mlp/infer", content=body)
+    assert r.status_code == 400
+    assert needle in r.json()["error"]
+    assert client.post("/v2/models/mlp/infer", content=json_body()).status_code == 200
+
+
+def test_body_over_the_limit(client):
+    big = np.zeros((70000, 4), dtype=np.float32)
+    r = client.post("/v2/models/mlp/infer", content=json_body(x=big))
+    assert r.status_code == 400 and "limit" in r.json()["error"]
+
+
+def test_batch_over_max_batch_size_is_refused(client):
+    r = client.post("/v2/models/mlp/infer", content=json_body(x=np.zeros((9, 4), np.float32)))
+    assert r.status_code == 400 and "max batch size" in r.json()["error"]
+
+
+def test_unknown_model_and_unknown_route(client):
+    r = client.post("/v2/models/nope/infer", content=json_body())
+    assert r.status_code == 404 and "nope" in r.json()["error"]
+    assert client.get("/v2/models/nope").status_code == 404
+    r = client.get("/v2/nowhere")
+    assert r.status_code == 404 and "error" in r.json()
+    r = client.get("/v2/models/not-loaded")
+    assert r.status_code == 503 and "not loaded" in r.json()["error"]
+
+
+def test_repository_index_unload_and_load(client):
+    index = client.post("/v2/repository/index").json()
+    assert {m["name"]: m["state"] for m in index} == {"mlp": "READY", "not-loaded": "UNAVAILABLE"}
+    assert client.post("/v2/repository/models/mlp/unload").status_code == 200
+    r = client.post("/v2/models/mlp/infer", content=json_body())
+    assert r.status_code == 503
+    assert client.post("/v2/repository/models/mlp/load").status_code == 200
+    assert client.post("/v2/models/mlp/infer", content=json_body()).status_code == 200
+    assert client.post("/v2/repository/models/ghost/load").status_code == 404
+
+
+def test_repository_api_disabled_or_behind_a_token(served):
+    model, _ = served
+    engine = make_engine([model])
+    for access, headers, status in [
+        (RepositoryAccess(enabled=False), {}, 403),
+        (RepositoryAccess(token="s3cret"), {}, 401),
+        (RepositoryAccess(token="s3cret"), {"authorization": "Bearer wrong"}, 401),
+        (RepositoryAccess(token="s3cret"), {"authorization": "Bearer s3cret"}, 200),
+    ]:
+        app = FastAPI()
+        install(app, engine, Limits(), access)
+        with TestClient(app) as c:
+            r = c.post("/v2/repository/index", headers=headers)
+            assert r.status_code == status
+            if status != 200:
+                assert "error" in r.json()

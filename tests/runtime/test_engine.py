@@ -1,0 +1,202 @@
+"""The engine: admission, timeouts, cancellation, failures, priorities, preemption order."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from runtime.errors import InferenceFailed, QueueFull, RequestTimeout, ShuttingDown
+from runtime.priorities import PriorityFileWatcher
+from scheduler.clock import FakeClock
+from scheduler.priority import Priority
+from tests.runtime.helpers import make_engine, served_mlp
+
+X = np.ones((1, 4), dtype=np.float32)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_a_full_queue_refuses_at_once_and_nothing_accepted_is_lost():
+    model, _ = served_mlp(max_queue_size=2)
+    engine = make_engine([model])  # executor not started: requests stay queued
+
+    async def go():
+        first = [asyncio.ensure_future(engine.infer("mlp", {"x": X})) for _ in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull):
+            await engine.infer("mlp", {"x": X})
+        engine.start()
+        results = await asyncio.gather(*first)
+        assert all(r["y"].shape == (1, 3) for r in results)
+        assert engine.outstanding == 0
+
+    run(go())
+    engine.stop(1.0)
+
+
+def test_a_request_queued_past_its_timeout_is_answered_with_an_error_not_run():
+    clock = FakeClock()
+    model, _ = served_mlp()
+    engine = make_engine([model], clock=clock)
+
+    async def go():
+        fut = asyncio.ensure_future(engine.infer("mlp", {"x": X}, timeout_us=1000))
+        await asyncio.sleep(0)
+        clock.advance(0.5)
+        engine.start()
+        with pytest.raises(RequestTimeout):
+            await fut
+
+    run(go())
+    engine.stop(1.0)
+
+
+def test_cancelling_a_queued_request_withdraws_its_job():
+    model, _ = served_mlp()
+    engine = make_engine([model])
+
+    async def go():
+        fut = asyncio.ensure_future(engine.infer("mlp", {"x": X}))
+        await asyncio.sleep(0)
+        fut.cancel()
+        await asyncio.sleep(0)
+        engine.start()
+        for _ in range(200):
+            if engine.outstanding == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert engine.outstanding == 0
+        assert (await engine.infer("mlp", {"x": X}))["y"].shape == (1, 3)
+
+    run(go())
+    engine.stop(1.0)
+
+
+def test_a_model_whose_forward_raises_fails_only_its_own_requests():
+    good, _ = served_mlp("good")
+    bad, _ = served_mlp("bad")
+
+    class Boom:
+        num_units = 1
+
+        def start(self, inputs):
+            return inputs
+
+        def run(self, state, start, end):
+            raise RuntimeError("kaboom")
+
+    bad.segmented = Boom()
+    engine = make_engine([good, bad])
+    engine.start()
+
+    async def go():
+        with pytest.raises(InferenceFailed, match="kaboom"):
+            await engine.infer("bad", {"x": X})
+        assert (await engine.infer("good", {"x": X}))["y"].shape == (1, 3)
+
+    run(go())
+    assert engine.ready()
+    engine.stop(1.0)
+
+
+def test_shutdown_refuses_new_work_and_answers_accepted_work():
+    model, _ = served_mlp()
+    engine = make_engine([model])
+
+    async def go():
+        accepted = asyncio.ensure_future(engine.infer("mlp", {"x": X}))
+        await asyncio.sleep(0)
+        engine.begin_shutdown()
+        with pytest.raises(ShuttingDown):
+            await engine.infer("mlp", {"x": X})
+        engine.start()
+        assert (await accepted)["y"].shape == (1, 3)
+
+    run(go())
+    assert engine.wait_idle(1.0)
+    engine.stop(1.0)
+
+
+def test_dead_executor_thread_is_reported_and_restarted():
+    model, _ = served_mlp()
+    engine = make_engine([model])
+    engine.start()
+    engine.executor.stop(1.0)  # the thread is gone
+    assert not engine.ready()
+    assert engine.ensure_executor() is False  # restarted
+    assert engine.ready()
+    assert run(engine.infer("mlp", {"x": X}))["y"].shape == (1, 3)
+    engine.stop(1.0)
+
+
+def test_latency_critical_request_overtakes_queued_batch_work():
+    batch, _ = served_mlp("batch")
+    lc, _ = served_mlp("lc", Priority.LATENCY_CRITICAL, slo_ms=1000)
+    engine = make_engine([batch, lc], policy="layer")
+    order: list[str] = []
+    orig = engine.listener.on_complete
+
+    def record(job, now):
+        order.append(job.model)
+        orig(job, now)
+
+    engine.listener.on_complete = record
+
+    async def go():
+        jobs = [asyncio.ensure_future(engine.infer("batch", {"x": X})) for _ in range(3)]
+        await asyncio.sleep(0)
+        urgent = asyncio.ensure_future(engine.infer("lc", {"x": X}))
+        await asyncio.sleep(0)
+        engine.start()
+        await asyncio.gather(urgent, *jobs)
+
+    run(go())
+    # dynamic batching merges the three batch requests into one job; the latency-critical
+    # request, submitted later, still runs first
+    assert order[0] == "lc"
+    engine.stop(1.0)
+
+
+def test_priority_file_changes_apply_without_restart(tmp_path):
+    model, _ = served_mlp("mlp")
+    engine = make_engine([model])
+    engine.start()
+    path = tmp_path / "priorities.yaml"
+    watcher = PriorityFileWatcher(path, engine.apply_priorities)
+    assert watcher.check()  # missing file: empty table
+    path.write_text("models:\n  mlp: {priority: latency-critical, slo_ms: 50}\n")
+    assert watcher.check()
+    assert engine.settings_for("mlp", model).priority is Priority.LATENCY_CRITICAL
+    path.write_text("models: [oops\n")
+    assert not watcher.check() and watcher.errors == 1
+    assert engine.settings_for("mlp", model).slo_ms == 50
+    assert run(engine.infer("mlp", {"x": X}))["y"].shape == (1, 3)
+    done = threading.Event()
+    engine.inbox.call(lambda s: done.set())
+    assert done.wait(2.0)
+    assert engine.scheduler.settings["mlp"].priority is Priority.LATENCY_CRITICAL
+    engine.stop(1.0)
+
+
+def test_outputs_match_the_whole_model_under_dynamic_batching_and_micro_batches():
+    model, module = served_mlp(max_batch_size=8)
+    engine = make_engine([model], policy="layer")
+    xs = [np.random.default_rng(i).standard_normal((2, 4)).astype(np.float32) for i in range(4)]
+
+    async def go():
+        futs = [asyncio.ensure_future(engine.infer("mlp", {"x": x})) for x in xs]
+        await asyncio.sleep(0)
+        engine.start()
+        return await asyncio.gather(*futs)
+
+    results = run(go())
+    with torch.no_grad():
+        for x, r in zip(xs, results, strict=True):
+            np.testing.assert_allclose(r["y"], module(torch.from_numpy(x)).numpy(), rtol=1e-5)
+    engine.stop(1.0)
