@@ -1,0 +1,287 @@
+"""The API layer: informers feed a cache, the sync loop reconciles it and applies the result.
+
+- Each informer lists, then watches from the list's resourceVersion; a 410 Gone makes it list
+  again. API errors back off exponentially (``Backoff``); permanent errors wait the longest
+  delay straight away.
+- ``Controller.sync`` reconciles the whole observed state (never a diff of events) and writes a
+  ConfigMap only when its content differs: in between full resyncs it compares with what it
+  last wrote; a full resync (``verify=True``, every ``resync_s``) reads each ConfigMap back, so
+  changes made by others are repaired. Missing ConfigMaps are created, differing ones patched.
+- Nothing here writes the status of KServe objects.
+- Time comes from an injected ``Clock`` and every wait goes through a ``Signal``: tests run
+  these loops on one thread with fakes, production runs them on threads with
+  ``threading.Event``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from controller.api import KubeApi
+from controller.clock import Clock, Signal
+from controller.errors import (
+    ApiError,
+    MalformedObject,
+    PermanentApiError,
+    TemporaryApiError,
+    WatchExpired,
+)
+from controller.events import EventRecorder
+from controller.informer import Informer
+from controller.metrics import Metrics
+from controller.objects import INFERENCE_SERVICES, TRAINED_MODELS, Selection, parse_object
+from controller.reconcile import (
+    CONFIGMAP_KEY,
+    MANAGED_LABELS,
+    Desired,
+    DesiredConfigMap,
+    Observed,
+    reconcile,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    """Settings of one controller. ``namespace=None`` watches all namespaces."""
+
+    namespace: str | None = "default"
+    selection: Selection = field(default_factory=Selection)
+    resync_s: float = 300.0
+    watch_timeout_s: int = 300
+    debounce_s: float = 0.5
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 60.0
+    component: str = "deft-controller"
+    instance: str = ""
+
+
+class Backoff:
+    """Exponential backoff: ``base * 2**n`` after n+1 temporary failures in a row, capped at
+    ``max_s``; a permanent failure waits ``max_s`` at once. ``jitter(delay)`` spreads retries
+    (default: +-20 %, random); pass ``jitter=lambda d: d`` for exact delays."""
+
+    def __init__(
+        self,
+        base_s: float,
+        max_s: float,
+        jitter: Callable[[float], float] | None = None,
+    ) -> None:
+        self.base_s = base_s
+        self.max_s = max_s
+        self.failures = 0
+        self._jitter = jitter or (lambda d: d * random.uniform(0.8, 1.2))
+
+    def failure(self, error: BaseException) -> float:
+        temporary = getattr(error, "temporary", True)
+        self.failures += 1
+        if not temporary:
+            delay = self.max_s
+        else:
+            delay = min(self.max_s, self.base_s * 2 ** (self.failures - 1))
+        return self._jitter(delay)
+
+    def success(self) -> None:
+        self.failures = 0
+
+
+class Controller:
+    """Keeps ConfigMap ``deft-priorities`` of every Deft namespace equal to ``reconcile``'s
+    answer for the objects it watches. See the module docstring."""
+
+    def __init__(
+        self,
+        api: KubeApi,
+        config: ControllerConfig,
+        *,
+        clock: Clock,
+        metrics: Metrics | None = None,
+        jitter: Callable[[float], float] | None = None,
+    ) -> None:
+        self.api = api
+        self.config = config
+        self.clock = clock
+        self.metrics = metrics or Metrics()
+        self.jitter = jitter
+        self.informers = [
+            Informer(api, r, config.namespace, watch_timeout_s=config.watch_timeout_s)
+            for r in (INFERENCE_SERVICES, TRAINED_MODELS)
+        ]
+        self.recorder = EventRecorder(
+            api, clock, component=config.component, instance=config.instance
+        )
+        self.last_desired: Desired | None = None
+        self.synced_once = False
+        self.heartbeat = clock.monotonic()
+        self._written: dict[str, str] = {}
+        self._malformed_seen: set[str] = set()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+
+    # -- one unit of work each: tests call these directly ----------------------------------
+
+    def observe(self) -> Observed:
+        """The informers' objects, parsed (malformed ones are skipped and logged once)."""
+        objects = []
+        default_ns = self.config.namespace or "default"
+        for informer in self.informers:
+            for raw in informer.snapshot():
+                try:
+                    obj = parse_object(raw, default_ns)
+                except MalformedObject as exc:
+                    if str(exc) not in self._malformed_seen:
+                        self._malformed_seen.add(str(exc))
+                        log.warning("skipping a malformed object: %s", exc)
+                    continue
+                if obj is not None:
+                    objects.append(obj)
+        namespaces = set(self._written)
+        if self.config.namespace is not None:
+            namespaces.add(self.config.namespace)
+        return Observed(tuple(objects), frozenset(namespaces))
+
+    def sync(self, *, verify: bool = False) -> Desired:
+        """Reconcile the cache and apply it. Raises ``ApiError`` when a ConfigMap write failed
+        (the others are still attempted); Event failures are logged and retried next time."""
+        desired = reconcile(self.observe(), self.config.selection)
+        self.metrics.reconciles.inc()
+        errors = self._apply_configmaps(desired, verify=verify)
+        for exc in self.recorder.record(desired.events):
+            self.metrics.error(exc.temporary)
+        self.metrics.set_models(desired.models_per_class())
+        self.metrics.invalid.set(
+            len({e.ref for e in desired.events if e.reason == "InvalidPriorityAnnotation"})
+        )
+        self.last_desired = desired
+        if errors:
+            raise _combine(errors)
+        self.synced_once = True
+        return desired
+
+    def _apply_configmaps(self, desired: Desired, *, verify: bool) -> list[ApiError]:
+        errors: list[ApiError] = []
+        for cm in desired.configmaps:
+            text = cm.data[CONFIGMAP_KEY]
+            if not verify and self._written.get(cm.namespace) == text:
+                continue
+            try:
+                self._write_if_different(cm, text)
+            except ApiError as exc:
+                log.warning("cannot write ConfigMap %s/%s: %s", cm.namespace, cm.name, exc)
+                self.metrics.error(exc.temporary)
+                errors.append(exc)
+            else:
+                self._written[cm.namespace] = text
+        return errors
+
+    def _write_if_different(self, cm: DesiredConfigMap, text: str) -> None:
+        live = self.api.get_configmap(cm.namespace, cm.name)
+        if live is None:
+            self.api.create_configmap(cm.namespace, cm.manifest())
+            self.metrics.writes.labels(operation="create").inc()
+            log.info("created ConfigMap %s/%s (%d models)", cm.namespace, cm.name,
+                     len(cm.table.models))
+            return
+        if _matches(live, text):
+            return
+        patch = {"metadata": {"labels": dict(MANAGED_LABELS)}, "data": {CONFIGMAP_KEY: text}}
+        self.api.patch_configmap(cm.namespace, cm.name, patch)
+        self.metrics.writes.labels(operation="patch").inc()
+        log.info("updated ConfigMap %s/%s (%d models)", cm.namespace, cm.name,
+                 len(cm.table.models))
+
+    def informers_ready(self) -> bool:
+        return all(i.has_listed for i in self.informers)
+
+    # -- loops: production runs each on a thread, tests run them with fake signals -----------
+
+    def run_informer(self, informer: Informer, stop: Signal, wake: Signal) -> None:
+        """Step ``informer`` until ``stop``; set ``wake`` whenever the cache changed."""
+        backoff = Backoff(self.config.backoff_base_s, self.config.backoff_max_s, self.jitter)
+        while not stop.is_set():
+            lists_before = informer.lists
+            try:
+                changed = informer.step()
+            except WatchExpired:
+                continue  # the informer dropped its version: the next step lists again
+            except ApiError as exc:
+                self.metrics.error(exc.temporary)
+                delay = backoff.failure(exc)
+                _log_api_error(f"{informer.resource.plural} list/watch", exc, delay)
+                stop.wait(delay)
+                continue
+            backoff.success()
+            if informer.lists != lists_before:
+                self.metrics.relists.labels(resource=informer.resource.plural).inc()
+            if changed:
+                wake.set()
+
+    def run_sync(self, stop: Signal, wake: Signal) -> None:
+        """Sync whenever ``wake`` is set and at least every ``resync_s`` (a full, verifying
+        sync), until ``stop``. Syncs only after every informer has listed once."""
+        backoff = Backoff(self.config.backoff_base_s, self.config.backoff_max_s, self.jitter)
+        next_resync = self.clock.monotonic()
+        while not stop.is_set():
+            self.heartbeat = now = self.clock.monotonic()
+            if self.informers_ready():
+                verify = now >= next_resync
+                try:
+                    self.sync(verify=verify)
+                except ApiError as exc:
+                    delay = backoff.failure(exc)
+                    _log_api_error("sync", exc, delay)
+                    stop.wait(delay)
+                    continue
+                backoff.success()
+                if verify:
+                    next_resync = now + self.config.resync_s
+            timeout = max(0.0, next_resync - self.clock.monotonic())
+            if wake.wait(timeout) and not stop.is_set():
+                stop.wait(self.config.debounce_s)  # let a burst of changes settle
+            wake.clear()
+
+    def run(self) -> None:
+        """Run the informers on daemon threads and the sync loop on this one until ``stop()``
+        (informer threads blocked in a watch end with the process)."""
+        for informer in self.informers:
+            threading.Thread(
+                target=self.run_informer, args=(informer, self._stop, self._wake), daemon=True,
+                name=f"informer-{informer.resource.plural}",
+            ).start()
+        self.run_sync(self._stop, self._wake)
+
+    def stop(self) -> None:
+        """Ask ``run`` to return (safe from a signal handler or another thread)."""
+        self._stop.set()
+        self._wake.set()
+
+
+def _matches(live: Mapping[str, Any], text: str) -> bool:
+    data = live.get("data") if isinstance(live.get("data"), Mapping) else {}
+    metadata = live.get("metadata") if isinstance(live.get("metadata"), Mapping) else {}
+    labels = metadata.get("labels") if isinstance(metadata.get("labels"), Mapping) else {}
+    return data.get(CONFIGMAP_KEY) == text and all(
+        labels.get(k) == v for k, v in MANAGED_LABELS.items()
+    )
+
+
+def _combine(errors: list[ApiError]) -> ApiError:
+    if len(errors) == 1:
+        return errors[0]
+    message = "; ".join(str(e) for e in errors)
+    if any(e.temporary for e in errors):
+        return TemporaryApiError(message)
+    return PermanentApiError(message)
+
+
+def _log_api_error(what: str, exc: ApiError, delay: float) -> None:
+    level = logging.WARNING if exc.temporary else logging.ERROR
+    kind = "temporary" if exc.temporary else "permanent"
+    log.log(level, "%s failed (%s, status %s): %s; retrying in %.1f s",
+            what, kind, exc.status, exc, delay)

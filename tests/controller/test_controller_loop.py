@@ -1,0 +1,396 @@
+"""The API layer against an in-memory API: informers, sync, backoff, resync, Events."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import yaml
+from deft_controller_fakes import LC, FakeApi, FakeClock, FakeSignal, host, isvc, tm
+
+from controller.api import WatchEvent
+from controller.errors import (
+    NotFound,
+    PermanentApiError,
+    TemporaryApiError,
+    WatchExpired,
+)
+from controller.loop import Backoff, Controller, ControllerConfig
+
+
+def exact(delay: float) -> float:
+    return delay
+
+
+def make(api: FakeApi, clock: FakeClock, **config) -> Controller:
+    config.setdefault("namespace", "default")
+    return Controller(api, ControllerConfig(**config), clock=clock, jitter=exact)
+
+
+def step_all(controller: Controller) -> list[bool]:
+    return [informer.step() for informer in controller.informers]
+
+
+def models(api: FakeApi, namespace: str = "default") -> dict:
+    return yaml.safe_load(api.table_text(namespace))["models"]
+
+
+def metric(controller: Controller, name: str, **labels) -> float:
+    value = controller.metrics.registry.get_sample_value(name, labels or None)
+    return 0.0 if value is None else value
+
+
+def test_first_sync_creates_the_configmap_and_events(api, clock):
+    api.apply(isvc("a", LC), host("h"), tm("t", "h"), isvc("other", runtime="triton"))
+    c = make(api, clock)
+    assert step_all(c) == [True, True]
+    c.sync(verify=True)
+    assert models(api) == {"a": {"priority": "latency-critical", "slo_ms": 20},
+                           "t": {"priority": "batch"}}
+    cm = api.configmaps[("default", "deft-priorities")]
+    assert cm["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "deft-controller"
+    reasons = sorted((e["involvedObject"]["name"], e["reason"]) for e in api.events.values())
+    assert reasons == [("a", "PriorityApplied"), ("t", "PriorityApplied")]
+    event = next(iter(api.events.values()))
+    assert event["firstTimestamp"] == "2025-01-01T00:00:00Z"
+    assert event["involvedObject"]["uid"].startswith("uid-")
+    assert metric(c, "deft_controller_models", priority="latency-critical") == 1
+    assert metric(c, "deft_controller_reconciles_total") == 1
+
+
+def test_second_reconcile_of_the_same_state_writes_nothing(api, clock):
+    api.apply(isvc("a", LC), isvc("bad", {"deft.dev/priority": "x"}))
+    c = make(api, clock)
+    step_all(c)
+    c.sync(verify=True)
+    calls = len(api.calls)
+    c.sync()
+    assert api.calls[calls:] == []
+    c.sync(verify=True)
+    assert api.calls[calls:] == [("get_configmap", "default")]
+
+
+def test_annotation_change_patches_once(api, clock):
+    api.apply(isvc("a", LC))
+    c = make(api, clock)
+    step_all(c)
+    c.sync(verify=True)
+    api.apply(isvc("a", {"deft.dev/priority": "batch"}))
+    assert step_all(c) == [True, False]
+    c.sync()
+    assert models(api) == {"a": {"priority": "batch"}}
+    assert [w[0] for w in api.writes()] == ["create_configmap", "patch_configmap"]
+    applied = sorted(e["message"] for e in api.events.values())
+    assert applied == ["deft-priorities: batch", "deft-priorities: latency-critical, slo 20 ms"]
+
+
+def test_status_only_update_does_not_count_as_a_change(api, clock):
+    api.apply(isvc("a", LC))
+    c = make(api, clock)
+    step_all(c)
+    api.apply(isvc("a", LC, status={"url": "http://a"}))
+    assert step_all(c) == [False, False]
+
+
+def test_deleted_object_leaves_the_table_and_the_configmap_stays(api, clock):
+    obj = isvc("a", LC)
+    api.apply(obj)
+    c = make(api, clock, namespace=None)
+    step_all(c)
+    c.sync()
+    api.delete(obj)
+    assert step_all(c) == [True, False]
+    c.sync()
+    assert models(api) == {}
+
+
+def test_watch_expiry_relists_and_sees_what_happened_meanwhile(api, clock):
+    gone = isvc("gone")
+    api.apply(isvc("a", LC), gone)
+    c = make(api, clock)
+    step_all(c)
+    c.sync()
+    informer = c.informers[0]
+    api.delete(gone)
+    api.apply(isvc("new"))
+    api.compact()
+    with pytest.raises(WatchExpired):
+        informer.step()
+    assert informer.resource_version is None
+    assert informer.step() is True
+    assert [call for call in api.calls if call[:2] == ("list", "inferenceservices")] == [
+        ("list", "inferenceservices", "default")] * 2
+    c.sync()
+    assert set(models(api)) == {"a", "new"}
+
+
+def test_watch_error_event_410_means_relist(api, clock):
+    c = make(api, clock)
+    step_all(c)
+    api.injected = [WatchEvent("ERROR", {"kind": "Status", "code": 410, "reason": "Expired",
+                                         "message": "too old"})]
+    with pytest.raises(WatchExpired):
+        c.informers[0].step()
+    assert c.informers[0].resource_version is None
+
+
+def test_watch_error_event_other_codes_are_classified(api, clock):
+    c = make(api, clock)
+    step_all(c)
+    api.injected = [WatchEvent("ERROR", {"code": 500, "message": "boom"})]
+    with pytest.raises(TemporaryApiError):
+        c.informers[0].step()
+    api.injected = [WatchEvent("ERROR", {"code": 403, "message": "forbidden"})]
+    with pytest.raises(PermanentApiError):
+        c.informers[0].step()
+    api.injected = [WatchEvent("ERROR", {"message": "no code"})]
+    with pytest.raises(TemporaryApiError):
+        c.informers[0].step()
+
+
+def test_bookmarks_move_the_version_without_a_change(api, clock):
+    c = make(api, clock)
+    step_all(c)
+    api.injected = [WatchEvent("BOOKMARK", {"metadata": {"resourceVersion": "999"}})]
+    assert c.informers[0].step() is False
+    assert c.informers[0].resource_version == "999"
+
+
+def test_informer_loop_backs_off_temporary_then_permanent_errors(api, clock):
+    api.fail["list_objects"] = [TemporaryApiError("down"), TemporaryApiError("down"),
+                                TemporaryApiError("down"), PermanentApiError("forbidden", 403)]
+    c = make(api, clock, backoff_base_s=0.5, backoff_max_s=60)
+    stop = FakeSignal(clock)
+    wake = FakeSignal(clock)
+    api.on_idle_watch = stop.set
+    c.run_informer(c.informers[0], stop, wake)
+    assert stop.waits == [0.5, 1.0, 2.0, 60]
+    assert c.informers[0].has_listed and wake.is_set()
+    assert metric(c, "deft_controller_errors_total", kind="temporary") == 3
+    assert metric(c, "deft_controller_errors_total", kind="permanent") == 1
+
+
+def test_informer_loop_relists_at_once_after_410(api, clock):
+    api.apply(isvc("a"))
+    c = make(api, clock)
+    stop = FakeSignal(clock)
+    idle = iter([api.compact, stop.set])
+    api.on_idle_watch = lambda: next(idle)()
+    c.run_informer(c.informers[0], stop, FakeSignal(clock))
+    assert stop.waits == []
+    kinds = [call[0] for call in api.calls if call[1] == "inferenceservices"]
+    assert kinds == ["list", "watch", "watch", "list", "watch"]
+    assert metric(c, "deft_controller_relists_total", resource="inferenceservices") == 2
+
+
+def test_backoff_grows_caps_and_resets():
+    b = Backoff(1, 10, jitter=exact)
+    assert [b.failure(TemporaryApiError("x")) for _ in range(6)] == [1, 2, 4, 8, 10, 10]
+    b.success()
+    assert b.failure(TemporaryApiError("x")) == 1
+    assert b.failure(PermanentApiError("x")) == 10
+    assert 0.8 <= Backoff(1, 10).failure(TemporaryApiError("x")) <= 1.2
+
+
+def test_sync_loop_resyncs_on_schedule_and_repairs_drift(api, clock):
+    api.apply(isvc("a", LC))
+    c = make(api, clock, resync_s=300)
+    step_all(c)
+
+    def tamper(n: int) -> None:
+        if n == 1:
+            api.configmaps[("default", "deft-priorities")]["data"]["priorities.yaml"] = "x"
+
+    stop = FakeSignal(clock)
+    wake = FakeSignal(clock, limit=3, on_wait=tamper)
+    wake_waits = wake.waits
+    c.run_sync(stop, wake_stop := _StopAfter(wake, stop))
+    assert wake_stop.calls == 3
+    assert wake_waits == [300, 300, 300]
+    assert [call[0] for call in api.calls if "configmap" in call[0]] == [
+        "get_configmap", "create_configmap", "get_configmap", "patch_configmap",
+        "get_configmap"]
+    assert models(api) == {"a": {"priority": "latency-critical", "slo_ms": 20}}
+
+
+def test_sync_loop_waits_for_informers_and_wakes_on_change(api, clock):
+    api.apply(isvc("a"))
+    c = make(api, clock, resync_s=300, debounce_s=0.5)
+    stop = FakeSignal(clock)
+    wake = FakeSignal(clock)
+
+    def on_wait(n: int) -> None:
+        if n == 1:
+            step_all(c)  # informers list after the loop's first look
+            wake.set()
+        elif n == 2:
+            wake.set()
+        else:
+            stop.set()
+
+    wake.on_wait = on_wait
+    c.run_sync(stop, wake)
+    assert api.writes() == [("create_configmap", "default")]
+    assert stop.waits == [0.5, 0.5]  # debounce after each wake-up
+
+
+def test_sync_loop_backs_off_on_write_errors(api, clock):
+    api.apply(isvc("a"))
+    api.fail["create_configmap"] = [TemporaryApiError("x"), TemporaryApiError("x")]
+    c = make(api, clock, backoff_base_s=0.5)
+    step_all(c)
+    stop = FakeSignal(clock)
+    wake = FakeSignal(clock, limit=1)
+    c.run_sync(stop, _StopAfter(wake, stop))
+    assert stop.waits == [0.5, 1.0]
+    assert models(api) == {"a": {"priority": "batch"}} and c.synced_once
+
+
+def test_failed_namespace_does_not_block_the_others(api, clock):
+    api.apply(isvc("a", namespace="x"), isvc("b", namespace="y"))
+    api.fail["get_configmap"] = [PermanentApiError("forbidden", 403)]
+    c = make(api, clock, namespace=None)
+    step_all(c)
+    with pytest.raises(PermanentApiError):
+        c.sync()
+    assert api.table_text("x") is None and models(api, "y") == {"b": {"priority": "batch"}}
+    assert not c.synced_once
+    c.sync()
+    assert models(api, "x") == {"a": {"priority": "batch"}}
+    assert [w for w in api.writes()] == [("create_configmap", "y"), ("create_configmap", "x")]
+
+
+def test_configmap_created_by_someone_else_meanwhile_is_patched_next_time(api, clock):
+    api.apply(isvc("a"))
+    c = make(api, clock)
+    step_all(c)
+    api.configmaps[("default", "deft-priorities")] = {
+        "metadata": {"name": "deft-priorities"}, "data": {"priorities.yaml": "models: {}\n",
+                                                          "other": "kept"}}
+    c.sync()
+    cm = api.configmaps[("default", "deft-priorities")]
+    assert cm["data"]["other"] == "kept" and models(api) == {"a": {"priority": "batch"}}
+    assert api.writes() == [("patch_configmap", "default")]
+
+
+def test_restart_rebuilds_the_same_table_without_writes(api, clock):
+    api.apply(host("h", LC), tm("t", "h"), isvc("s", {"deft.dev/priority": "x"}))
+    first = make(api, clock)
+    step_all(first)
+    first.sync(verify=True)
+    before = (api.table_text(), dict(api.events))
+    calls = len(api.calls)
+    second = make(api, clock)
+    step_all(second)
+    second.sync(verify=True)
+    assert (api.table_text(), dict(api.events)) == before
+    new_calls = [c[0] for c in api.calls[calls:] if c[0] not in ("list",)]
+    assert "create_configmap" not in new_calls and "patch_configmap" not in new_calls
+    assert new_calls.count("create_event") == new_calls.count("patch_event") == 2
+
+
+def test_events_are_emitted_once_and_again_when_the_problem_returns(api, clock):
+    bad = isvc("m", {"deft.dev/priority": "x"})
+    api.apply(bad)
+    c = make(api, clock)
+    step_all(c)
+    c.sync()
+    c.sync()
+    assert len(api.events) == 1
+    api.apply(isvc("m", LC))
+    step_all(c)
+    c.sync()
+    api.apply(bad)
+    step_all(c)
+    c.sync()
+    creates = [call for call in api.calls if call[0] == "create_event"]
+    assert len(creates) == 3  # warning, applied, warning again (exists: refreshed by patch)
+    assert [call[0] for call in api.calls].count("patch_event") == 1
+
+
+def test_event_errors_temporary_retried_permanent_dropped(api, clock):
+    api.apply(isvc("a"), isvc("b"))
+    api.fail["create_event"] = [TemporaryApiError("x"), PermanentApiError("no", 403)]
+    c = make(api, clock)
+    step_all(c)
+    c.sync()
+    assert len(api.events) == 0
+    c.sync()
+    assert len(api.events) == 1  # the temporary failure is retried; the permanent one is not
+    assert metric(c, "deft_controller_errors_total", kind="temporary") == 1
+    assert metric(c, "deft_controller_errors_total", kind="permanent") == 1
+
+
+def test_watched_namespace_gets_a_configmap_even_when_empty(api, clock):
+    c = make(api, clock, namespace="models")
+    step_all(c)
+    c.sync()
+    assert models(api, "models") == {}
+
+
+def test_all_namespaces_keeps_writing_a_namespace_that_emptied(api, clock):
+    obj = isvc("a", namespace="x")
+    api.apply(obj, isvc("b", namespace="y"))
+    c = make(api, clock, namespace=None)
+    step_all(c)
+    c.sync()
+    api.delete(obj)
+    step_all(c)
+    c.sync()
+    assert models(api, "x") == {} and set(models(api, "y")) == {"b"}
+
+
+def test_patch_of_a_vanished_configmap_is_retried_as_create(api, clock):
+    api.apply(isvc("a"))
+    c = make(api, clock)
+    step_all(c)
+    c.sync()
+    del api.configmaps[("default", "deft-priorities")]
+    api.apply(isvc("a", LC))
+    step_all(c)
+    c.sync()
+    assert models(api) == {"a": {"priority": "latency-critical", "slo_ms": 20}}
+    api.fail["get_configmap"] = [NotFound("crd gone", 404)]
+    api.apply(isvc("a"))
+    step_all(c)
+    with pytest.raises(NotFound):
+        c.sync()
+
+
+def test_threaded_run_writes_and_stops(api):
+    from controller.clock import SystemClock
+
+    api.apply(isvc("a", LC))
+    api.block = threading.Event()
+    c = Controller(api, ControllerConfig(namespace="default", debounce_s=0), clock=SystemClock())
+    thread = threading.Thread(target=c.run, daemon=True)
+    thread.start()
+    assert api.written.wait(10)
+    c.stop()
+    api.block.set()
+    thread.join(10)
+    assert not thread.is_alive() and models(api) == {"a": {"priority": "latency-critical",
+                                                           "slo_ms": 20}}
+
+
+class _StopAfter:
+    """Wraps the wake signal: once it reports ``limit`` waits, sets ``stop`` as well."""
+
+    def __init__(self, wake: FakeSignal, stop: FakeSignal) -> None:
+        self.wake, self.stop, self.calls = wake, stop, 0
+
+    def is_set(self) -> bool:
+        return False
+
+    def set(self) -> None:
+        pass
+
+    def clear(self) -> None:
+        pass
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.calls += 1
+        fired = self.wake.wait(timeout)
+        if fired:
+            self.stop.set()
+        return False
