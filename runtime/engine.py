@@ -26,7 +26,15 @@ from runtime.errors import (
     QueueFull,
     ShuttingDown,
 )
-from runtime.executor import Executor, Pending, ResultListener, ThreadInbox, TorchDevice
+from runtime.executor import (
+    BatchGate,
+    Executor,
+    GateListener,
+    Pending,
+    ResultListener,
+    ThreadInbox,
+    TorchDevice,
+)
 from runtime.metrics import Metrics
 from runtime.tensors import TensorSpec
 from scheduler.clock import Clock, MonotonicClock
@@ -87,6 +95,12 @@ class EngineOptions:
     default_queue_size: int = 64
     retry_after_s: float = 1.0
     cli_settings: Mapping[str, ModelSettings] = field(default_factory=dict)
+    cpu_lane: bool | None = None  # None: on for a CPU device with a preemptive policy
+
+    def lane_enabled(self) -> bool:
+        if self.policy in ("fifo", "priority"):
+            return False
+        return self.cpu_lane if self.cpu_lane is not None else self.device == "cpu"
 
 
 class Engine:
@@ -115,26 +129,71 @@ class Engine:
         self.scheduler = Scheduler(options.policy, options.costs, batching=self._batch_limit)
         self.inbox = ThreadInbox()
         self.inbox.on_cancelled = self._on_cancelled
-        self.device_runner = TorchDevice(self._served, self.device)
         self.listener = ResultListener(metrics, self.clock)
+        self.gate = BatchGate(self.clock) if options.lane_enabled() else None
+        self.device_runner = TorchDevice(self._served, self.device, self.gate, self._on_yield)
         self.executor = Executor(
             ExecutorLoop(self.scheduler, self.device_runner, self.inbox, self.listener, self.clock),
             self.inbox,
             metrics,
         )
+        # CPU lane: latency-critical jobs run on a thread of their own while batch work
+        # yields at its next unit boundary (DESIGN.md, "Preemption mechanism").
+        self.lc_scheduler: Scheduler | None = None
+        self.lc_inbox: ThreadInbox | None = None
+        self.lc_executor: Executor | None = None
+        if self.gate is not None:
+            self.lc_scheduler = Scheduler(
+                options.policy, options.costs, streams=self.scheduler.streams,
+                batching=self._batch_limit,
+            )
+            self.lc_inbox = ThreadInbox()
+            gate = self.gate
+
+            def lane_cancelled(job: Job) -> None:
+                self._on_cancelled(job)
+                gate.leave(len(job.members) or 1)
+
+            self.lc_inbox.on_cancelled = lane_cancelled
+            self.lc_executor = Executor(
+                ExecutorLoop(
+                    self.lc_scheduler,
+                    TorchDevice(self._served, self.device),
+                    self.lc_inbox,
+                    GateListener(self.listener, self.gate),
+                    self.clock,
+                ),
+                self.lc_inbox,
+                metrics,
+            )
 
     # -- lifecycle -----------------------------------------------------------------------
 
+    def _executors(self) -> list[Executor]:
+        return [e for e in (self.executor, self.lc_executor) if e is not None]
+
+    def _inboxes(self) -> list[ThreadInbox]:
+        return [i for i in (self.inbox, self.lc_inbox) if i is not None]
+
+    def _on_yield(self, job: Job, delay: float) -> None:
+        self.metrics.preemptions.labels(job.model, job.priority.value).inc()
+        self.metrics.preemption_delay.labels(job.model, job.priority.value).observe(delay)
+
     def start(self) -> None:
         self._started = True
-        self.executor.start()
+        for executor in self._executors():
+            executor.start()
 
     def ensure_executor(self) -> bool:
         """Restart the executor thread if it died; True if it was running."""
-        if self.executor.alive or not self._accepting or not self._started:
+        if not self._accepting or not self._started:
             return True
-        self.executor.restart()
-        return False
+        ok = True
+        for executor in self._executors():
+            if not executor.alive:
+                executor.restart()
+                ok = False
+        return ok
 
     def begin_shutdown(self) -> None:
         """Stop admitting requests; accepted ones still run to their answer."""
@@ -150,7 +209,8 @@ class Engine:
         Safe to call from a signal handler's thread; never blocks longer than ``grace_s``."""
         self.begin_shutdown()
         self.wait_idle(grace_s)
-        self.executor.stop(timeout=5.0)
+        for executor in self._executors():
+            executor.stop(timeout=5.0)
 
     # -- repository ----------------------------------------------------------------------
 
@@ -176,7 +236,8 @@ class Engine:
     def _register(self, served: ServedModel) -> None:
         settings = self.settings_for(served.name, served)
         profile = served.profile
-        self.inbox.call(lambda s: s.set_model(served.name, settings, profile))
+        for inbox in self._inboxes():
+            inbox.call(lambda s: s.set_model(served.name, settings, profile))
         self._models[served.name] = _Entry(ModelState.READY, served)
         log.info(
             "model %s ready: %d units, %s%s", served.name, served.num_units,
@@ -198,7 +259,8 @@ class Engine:
             raise ModelNotFound(name)
         entry.state = ModelState.UNAVAILABLE
         entry.served = None
-        self.inbox.call(lambda s: s.remove_model(name))
+        for inbox in self._inboxes():
+            inbox.call(lambda s: s.remove_model(name))
 
     def index(self) -> list[dict[str, str]]:
         names = sorted(set(self._available()) | set(self._models))
@@ -232,7 +294,10 @@ class Engine:
             if entry.served is not None:
                 served = entry.served
                 settings = self.settings_for(name, served)
-                self.inbox.call(lambda s, n=name, st=settings, p=served.profile: s.set_model(n, st, p))
+                for inbox in self._inboxes():
+                    inbox.call(
+                        lambda s, n=name, st=settings, p=served.profile: s.set_model(n, st, p)
+                    )
         log.info("priority table applied: %d entries", len(table.models))
 
     def _batch_limit(self, model: str) -> int | None:
@@ -267,7 +332,7 @@ class Engine:
         return entry is not None and entry.state is ModelState.READY
 
     def ready(self) -> bool:
-        return self._accepting and self.executor.alive
+        return self._accepting and all(e.alive for e in self._executors())
 
     def ready_models(self) -> list[str]:
         return sorted(n for n, e in self._models.items() if e.state is ModelState.READY)
@@ -340,11 +405,15 @@ class Engine:
         if klass is Priority.LATENCY_CRITICAL and job.deadline is None:
             job.deadline = now + 3600.0
         self.metrics.queue_depth.labels(name, klass.value).inc()
-        self.inbox.submit(job)
+        inbox = self.inbox
+        if self.lc_inbox is not None and self.gate is not None and job.latency_critical:
+            inbox = self.lc_inbox
+            self.gate.enter()
+        inbox.submit(job)
         try:
             result = await asyncio.shield(future)
         except asyncio.CancelledError:
-            self.inbox.cancel(job)
+            inbox.cancel(job)
             raise
         except BaseException as exc:
             outcome = type(exc).__name__

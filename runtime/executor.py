@@ -122,6 +122,80 @@ class ThreadInbox:
             return not self._stopping
 
 
+class BatchGate:
+    """Lets latency-critical work run beside batch work on a CPU (the CPU lane).
+
+    The engine ``enter``s when it hands a latency-critical job to its own thread and
+    ``leave``s when that job is answered; the batch device calls ``pause_if_closed`` between
+    units, so batch work yields at its next sync point and the OS gives the cores to the
+    latency-critical thread in the meantime.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self._cond = threading.Condition()
+        self._active = 0
+        self._closed_at = 0.0
+
+    def enter(self) -> None:
+        with self._cond:
+            if self._active == 0:
+                self._closed_at = self.clock.now()
+            self._active += 1
+
+    def leave(self, n: int = 1) -> None:
+        with self._cond:
+            self._active = max(0, self._active - n)
+            if self._active == 0:
+                self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._active > 0
+
+    def pause_if_closed(self) -> float | None:
+        """Block while latency-critical work is active. Returns how long the batch work took
+        to yield (since the gate closed), or None if it did not have to."""
+        if self._active == 0:
+            return None
+        with self._cond:
+            if self._active == 0:
+                return None
+            delay = self.clock.now() - self._closed_at
+            while self._active > 0:
+                self._cond.wait(0.5)
+            return delay
+
+
+class GateListener:
+    """Wraps a listener so that the gate opens once a latency-critical job is answered."""
+
+    def __init__(self, inner: Any, gate: BatchGate) -> None:
+        self.inner = inner
+        self.gate = gate
+
+    def on_chunk(self, done: ChunkDone, chunk: RunChunk) -> None:
+        self.inner.on_chunk(done, chunk)
+
+    def on_complete(self, job: Job, now: float) -> None:
+        try:
+            self.inner.on_complete(job, now)
+        finally:
+            self.gate.leave(len(job.members) or 1)
+
+    def on_reject(self, reject: Reject, now: float) -> None:
+        try:
+            self.inner.on_reject(reject, now)
+        finally:
+            self.gate.leave(len(reject.job.members) or 1)
+
+    def on_fail(self, job: Job, error: BaseException, now: float) -> None:
+        try:
+            self.inner.on_fail(job, error, now)
+        finally:
+            self.gate.leave(len(job.members) or 1)
+
+
 @dataclass
 class _JobState:
     micro_states: list[Any]
@@ -137,9 +211,17 @@ class TorchDevice:
     the ops have already finished. Latency-critical jobs run on a high-priority CUDA stream.
     """
 
-    def __init__(self, lookup: Callable[[str], Any], device: torch.device) -> None:
+    def __init__(
+        self,
+        lookup: Callable[[str], Any],
+        device: torch.device,
+        gate: BatchGate | None = None,
+        on_yield: Callable[[Job, float], None] | None = None,
+    ) -> None:
         self._lookup = lookup
         self.device = device
+        self.gate = gate
+        self.on_yield = on_yield
         self._cuda = device.type == "cuda"
         if self._cuda:
             self._lc_stream = torch.cuda.Stream(device=device, priority=-1)
@@ -159,11 +241,17 @@ class TorchDevice:
         if self._cuda:
             stream = self._lc_stream if job.latency_critical else self._batch_stream
         ctx = torch.cuda.stream(stream) if stream is not None else nullcontext()
+        gate = None if job.latency_critical else self.gate
         with torch.inference_mode(), ctx:
             f = chunk.start
             while f < chunk.end:
                 m, u = divmod(f, n)
                 stop = min(chunk.end, (m + 1) * n)
+                if gate is not None:
+                    delay = gate.pause_if_closed()
+                    if delay is not None and self.on_yield is not None:
+                        self.on_yield(job, delay)
+                    stop = f + 1  # on the CPU lane every unit boundary is a sync point
                 st.micro_states[m] = seg.run(st.micro_states[m], u, u + (stop - f))
                 if stop == (m + 1) * n:
                     st.micro_outputs[m] = seg.finish(st.micro_states[m])

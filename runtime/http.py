@@ -136,6 +136,12 @@ def build_router(
     @_guard
     async def infer(request: Request, model_name: str, model_version: str | None = None) -> Response:
         served = engine.model(model_name)
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limits.max_body_bytes:
+            raise errors.PayloadTooLarge(
+                f"request body is {declared} bytes, more than the limit of "
+                f"{limits.max_body_bytes}"
+            )
         body = await request.body()
         headers = {k.lower(): v for k, v in request.headers.items()}
         loop = asyncio.get_running_loop()

@@ -32,18 +32,22 @@ class StreamState:
         if len(self.samples) < min_samples:
             return max([self.predicted_solo_s, *self.samples])
         if self._p99 is None or self._since_refresh >= 16:
-            ordered = sorted(self.samples)
+            ordered = sorted(self.samples.copy())  # copy: another thread may append
             self._p99 = ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
             self._since_refresh = 0
         return self._p99
 
     def rate(self, now: float, window_s: float) -> float:
-        recent = [t for t in self.arrivals if t > now - window_s]
+        recent = [t for t in self.arrivals.copy() if t > now - window_s]
         return len(recent) / window_s if recent else 0.0
 
 
 class LatencyCriticalStreams:
-    """Tracks latency-critical models seen recently. Fed by the scheduler; read by ``deft``."""
+    """Tracks latency-critical models seen recently. Fed by the scheduler; read by ``deft``.
+
+    One instance may be shared by two schedulers on two threads (the runtime's CPU lanes):
+    writers only append and replace, readers copy before iterating.
+    """
 
     def __init__(self, active_window_s: float = 1.0, min_samples: int = 20) -> None:
         self.active_window_s = active_window_s

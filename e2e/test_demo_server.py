@@ -1,0 +1,119 @@
+"""The runtime as a real process, driven by tritonclient and httpx."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from e2e.server import RuntimeProcess
+
+pytestmark = pytest.mark.e2e
+
+
+def image(n: int, side: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, 3, side, side), dtype=np.float32)
+
+
+def infer(client, model, x, binary=True, **kw):
+    inp = httpclient.InferInput("image", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=binary)
+    return client.infer(model, [inp], **kw)
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_tritonclient_json_and_binary(demo_server, binary):
+    client = httpclient.InferenceServerClient(demo_server.url)
+    assert client.is_server_ready()
+    meta = client.get_model_metadata("detector")
+    assert meta["inputs"][0]["shape"] == [-1, 3, 96, 96]
+    x = image(1, 96)
+    a = infer(client, "detector", x, binary).as_numpy("scores")
+    b = infer(client, "detector", x, not binary).as_numpy("scores")
+    assert a.shape == (1, 16)
+    np.testing.assert_allclose(a, b, rtol=1e-5)
+    out = infer(client, "classifier", image(2, 224), binary).as_numpy("logits")
+    assert out.shape[0] == 2
+
+
+def test_errors_over_http(demo_server):
+    base = f"http://{demo_server.url}"
+    r = httpx.post(f"{base}/v2/models/ghost/infer", content=b"{}")
+    assert r.status_code == 404 and "error" in r.json()
+    r = httpx.post(f"{base}/v2/models/detector/infer", content=b"{broken")
+    assert r.status_code == 400 and "error" in r.json()
+    client = httpclient.InferenceServerClient(demo_server.url)
+    with pytest.raises(InferenceServerException):
+        infer(client, "detector", image(1, 64))
+    assert infer(client, "detector", image(1, 96)).as_numpy("scores").shape == (1, 16)
+    assert "deft_request_latency_seconds" in httpx.get(f"{base}/metrics").text
+
+
+def test_latency_critical_requests_overtake_running_batch_inference(demo_server):
+    """Batch clients keep the classifier busy; detector requests still finish fast, and
+    every request gets an answer."""
+    stop = threading.Event()
+    answered = {"classifier": 0, "errors": 0}
+    batch_times: list[float] = []
+
+    def batch_client():
+        c = httpclient.InferenceServerClient(demo_server.url)
+        x = image(8, 224, 1)
+        while not stop.is_set():
+            t = time.perf_counter()
+            try:
+                infer(c, "classifier", x)
+                answered["classifier"] += 1
+                batch_times.append(time.perf_counter() - t)
+            except InferenceServerException:
+                answered["errors"] += 1
+
+    threads = [threading.Thread(target=batch_client) for _ in range(2)]
+    for t in threads:
+        t.start()
+    client = httpclient.InferenceServerClient(demo_server.url)
+    x = image(1, 96, 2)
+    time.sleep(1.0)
+    latencies = []
+    for _ in range(30):
+        t = time.perf_counter()
+        infer(client, "detector", x)
+        latencies.append(time.perf_counter() - t)
+        time.sleep(0.03)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert answered["errors"] == 0 and answered["classifier"] > 0
+    batch_p50 = sorted(batch_times)[len(batch_times) // 2]
+    det_p50 = sorted(latencies)[len(latencies) // 2]
+    # a detector request does not wait for a batch inference to finish
+    assert det_p50 < batch_p50 / 2, (det_p50, batch_p50)
+
+
+def test_sigterm_finishes_accepted_requests_and_exits(tmp_path):
+    server = RuntimeProcess("--demo", log_path=tmp_path / "log").start()
+    results: list[object] = []
+
+    def call():
+        c = httpclient.InferenceServerClient(server.url, network_timeout=60)
+        try:
+            results.append(infer(c, "classifier", image(8, 224)).as_numpy("logits").shape)
+        except Exception as exc:  # noqa: BLE001
+            results.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)  # all three admitted (each batch of 8 takes far longer than this)
+    server.proc.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join(60)
+    code = server.proc.wait(60)
+    assert code == 0, server.log()
+    assert results == [(8, 1000)] * 3, results
