@@ -16,8 +16,10 @@ from controller.errors import MalformedObject
 
 GROUP = "serving.kserve.io"
 DEFAULT_RUNTIMES = frozenset({"deft", "deft-multimodel", "deft-modelmesh"})
+# The model formats Deft's ServingRuntimes claim (manifests/): torch.export programs
+# (``model.pt2``) and TorchScript (``model.pt``), the two the runtime loads.
 DEFT_MODEL_FORMAT = "pytorch-export"
-DEFAULT_MODEL_FORMATS = frozenset({DEFT_MODEL_FORMAT})
+DEFAULT_MODEL_FORMATS = frozenset({DEFT_MODEL_FORMAT, "torchscript"})
 
 
 @dataclass(frozen=True)
