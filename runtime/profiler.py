@@ -1,0 +1,368 @@
+"""Measured unit durations of segmented models, and the on-disk cache that makes restarts instant.
+
+A profile has the shape of the simulator workload's ``profile``: batch size (as a string) ->
+the duration of each unit in microseconds, in execution order::
+
+    {"1": [40.1, 35.0, 80.2], "8": [210.4, 190.0, 455.9]}
+
+Each duration is the median of ``repeats`` timed runs after ``warmup`` untimed ones, under
+``torch.inference_mode``; on CUDA the device is synchronised before and after every unit so
+a unit's time is its own. Profiles, and the cut positions chosen by balancing, are cached as
+JSON files keyed by a hash of the model file, the device name, the torch version and the
+unit count (``$DEFT_CACHE_DIR/profiles``, default ``~/.cache/deft/profiles``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+
+from runtime import segments
+from runtime.segments import SegmentedModel
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WARMUP = 1
+DEFAULT_REPEATS = 3
+CACHE_FORMAT = 1
+
+Profile = dict[str, list[float]]
+InputsFor = Callable[[int], Mapping[str, torch.Tensor]]
+
+
+def batch_sizes_up_to(max_batch_size: int) -> tuple[int, ...]:
+    """1 and the powers of two below ``max_batch_size``, then ``max_batch_size`` itself."""
+    if max_batch_size < 1:
+        raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+    sizes = []
+    size = 1
+    while size < max_batch_size:
+        sizes.append(size)
+        size *= 2
+    sizes.append(max_batch_size)
+    return tuple(sizes)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_units(
+    model: SegmentedModel,
+    inputs: Mapping[str, torch.Tensor],
+    *,
+    warmup: int = DEFAULT_WARMUP,
+    repeats: int = DEFAULT_REPEATS,
+    on_pass: Callable[[], None] | None = None,
+) -> list[float]:
+    """Median duration of each unit of ``model`` on ``inputs``, in microseconds.
+
+    Runs ``warmup + repeats`` passes over every unit; ``on_pass`` is called after each.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError("repeats must be >= 1 and warmup >= 0")
+    samples: list[list[float]] = [[] for _ in range(model.num_units)]
+    device = model.device
+    with torch.inference_mode():
+        for attempt in range(warmup + repeats):
+            state = model.start(inputs)
+            for unit in range(model.num_units):
+                _synchronize(device)
+                began = time.perf_counter_ns()
+                model.run(state, unit, unit + 1)
+                _synchronize(device)
+                if attempt >= warmup:
+                    samples[unit].append((time.perf_counter_ns() - began) / 1000.0)
+            model.finish(state)
+            if on_pass is not None:
+                on_pass()
+    return [round(statistics.median(s), 1) for s in samples]
+
+
+class Progress:
+    """A one-line progress bar on stderr, drawn only when stderr is a terminal."""
+
+    def __init__(
+        self, label: str, total: int, enabled: bool | None = None, stream: TextIO | None = None
+    ) -> None:
+        self._stream = stream or sys.stderr
+        self.enabled = self._stream.isatty() if enabled is None else enabled
+        self.label = label
+        self.total = max(total, 1)
+        self.done = 0
+
+    def step(self, note: str = "") -> None:
+        self.done = min(self.done + 1, self.total)
+        if not self.enabled:
+            return
+        width = 24
+        filled = width * self.done // self.total
+        bar = "#" * filled + "." * (width - filled)
+        self._stream.write(f"\r{self.label} [{bar}] {self.done}/{self.total} {note:<12}")
+        self._stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._stream.write("\n")
+            self._stream.flush()
+
+
+def profile(
+    model: SegmentedModel,
+    inputs_for: InputsFor,
+    batch_sizes: Sequence[int],
+    *,
+    warmup: int = DEFAULT_WARMUP,
+    repeats: int = DEFAULT_REPEATS,
+    progress: Progress | None = None,
+) -> Profile:
+    """Unit durations (µs) at each batch size; ``inputs_for(n)`` builds a batch of ``n``."""
+    out: Profile = {}
+    for size in batch_sizes:
+        note = f"batch {size}"
+        tick = (lambda: progress.step(note)) if progress is not None else None  # noqa: B023
+        out[str(size)] = time_units(
+            model, inputs_for(size), warmup=warmup, repeats=repeats, on_pass=tick
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# cache keys
+
+
+def device_name(device: torch.device | str) -> str:
+    """A name for the hardware behind ``device`` that identifies its timings."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    if device.type == "cpu":
+        return f"cpu:{_cpu_model()}:{torch.get_num_threads()}threads"
+    return device.type
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def default_cache_dir() -> Path:
+    """``$DEFT_CACHE_DIR/profiles``, or ``~/.cache/deft/profiles``."""
+    root = os.environ.get("DEFT_CACHE_DIR")
+    base = Path(root) if root else Path.home() / ".cache" / "deft"
+    return base / "profiles"
+
+
+class ProfileCache:
+    """JSON entries under one directory, keyed by a hash of their identifying fields.
+
+    Never fails a load: an unreadable entry is a miss, an unwritable directory is logged once
+    and the cache then only reads. Writes are atomic, so processes may share a directory.
+    """
+
+    def __init__(self, directory: str | Path | None = None) -> None:
+        self.directory = Path(directory) if directory is not None else default_cache_dir()
+        self._writable = True
+
+    def _path(self, kind: str, fields: Mapping[str, Any]) -> Path:
+        blob = json.dumps({"kind": kind, **fields}, sort_keys=True, separators=(",", ":"))
+        return self.directory / f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:32]}.json"
+
+    def get(self, kind: str, fields: Mapping[str, Any]) -> dict[str, Any] | None:
+        path = self._path(kind, fields)
+        try:
+            entry = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(entry, dict) or entry.get("fields") != json.loads(
+            json.dumps(dict(fields))
+        ):
+            return None
+        data = entry.get("data")
+        return data if isinstance(data, dict) else None
+
+    def put(self, kind: str, fields: Mapping[str, Any], data: Mapping[str, Any]) -> None:
+        if not self._writable:
+            return
+        path = self._path(kind, fields)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(
+                json.dumps({"fields": dict(fields), "data": dict(data)}), encoding="utf-8"
+            )
+            os.replace(tmp, path)
+        except OSError as exc:
+            self._writable = False
+            log.warning("profile cache %s is not writable (%s); not caching", self.directory, exc)
+
+
+# ---------------------------------------------------------------------------------------------
+# split + profile, with the cache
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A model split into units and profiled."""
+
+    model: SegmentedModel
+    profile: Profile
+    from_cache: bool  # no timing was needed: cuts and every batch size came from the cache
+    seconds: float  # wall time spent splitting and profiling
+
+
+def prepare(
+    name: str,
+    program: torch.export.ExportedProgram | torch.jit.ScriptModule,
+    inputs_for: InputsFor,
+    *,
+    batch_sizes: Sequence[int],
+    max_units: int,
+    model_file: str | Path,
+    device: torch.device | str,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    cache: ProfileCache | None,
+    warmup: int = DEFAULT_WARMUP,
+    repeats: int = DEFAULT_REPEATS,
+    progress: bool | None = None,
+    measure: bool = True,
+    balance_batch_size: int | None = None,
+) -> Prepared:
+    """Split ``program`` (already on ``device``) into balanced units and profile them.
+
+    Exported programs are cut at every allowed position, timed at the largest batch size,
+    and merged into at most ``max_units`` units; TorchScript runs as one unit. With
+    ``measure=False`` nothing is timed: units are balanced by node count and the profile is
+    empty. ``cache`` (None: no cache) keeps both the cuts and the profile. Pieces are timed
+    at ``balance_batch_size`` (default: the largest of ``batch_sizes``); keep it fixed
+    (the model's max batch size) so the cuts do not depend on which sizes are profiled.
+    """
+    began = time.perf_counter()
+    base: dict[str, Any] = {}
+    if cache is not None:
+        base = {
+            "format": CACHE_FORMAT,
+            "model": file_digest(model_file),
+            "device": device_name(device),
+            "torch": torch.__version__,
+        }
+    sizes = sorted(set(batch_sizes))
+    timed = False
+    bar = Progress(f"profiling {name}", 0, enabled=progress)
+
+    if isinstance(program, torch.jit.ScriptModule):
+        model = segments.from_script(name, program, input_names, output_names)
+    elif not measure:
+        model = segments.split(
+            name, program, max_units=max_units, input_names=input_names, output_names=output_names
+        )
+    else:
+        model, timed = _split_balanced(
+            name, program, inputs_for, balance_batch_size or max(sizes), max_units, base, cache,
+            warmup, repeats, bar, input_names, output_names,
+        )  # fmt: skip
+
+    result: Profile = {}
+    if measure:
+        fields = {**base, "units": model.num_units, "cuts": list(model.cuts)}
+        cached = (cache.get("profile", fields) if cache is not None else None) or {}
+        missing = [s for s in sizes if not _valid_row(cached.get(str(s)), model.num_units)]
+        if missing:
+            bar.total = len(missing) * (warmup + repeats)
+            measured = profile(
+                model, inputs_for, missing, warmup=warmup, repeats=repeats, progress=bar
+            )
+            timed = True
+            cached = {**cached, **measured}
+            if cache is not None:
+                cache.put("profile", fields, cached)
+        result = {str(s): list(cached[str(s)]) for s in sizes}
+    bar.close()
+    return Prepared(model, result, measure and not timed, time.perf_counter() - began)
+
+
+def _valid_row(row: Any, units: int) -> bool:
+    return (
+        isinstance(row, list)
+        and len(row) == units
+        and all(isinstance(v, (int, float)) and v >= 0 for v in row)
+    )
+
+
+def _split_balanced(
+    name: str,
+    program: torch.export.ExportedProgram,
+    inputs_for: InputsFor,
+    batch_size: int,
+    max_units: int,
+    base: Mapping[str, Any],
+    cache: ProfileCache | None,
+    warmup: int,
+    repeats: int,
+    bar: Progress,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+) -> tuple[SegmentedModel, bool]:
+    fields = {**base, "max_units": max_units, "balance_batch": batch_size}
+    cached = cache.get("cuts", fields) if cache is not None else None
+    if cached is not None:
+        try:
+            model = segments.from_graph(
+                name, program, cached.get("cuts", []),
+                input_names=input_names, output_names=output_names,
+            )  # fmt: skip
+            return model, False
+        except (ValueError, TypeError) as exc:
+            log.info("cached cuts for %s do not fit (%s); splitting again", name, exc)
+
+    def piece_costs(fine: SegmentedModel) -> list[float]:
+        bar.total = warmup + repeats
+        bar.label = f"splitting {name}"
+        costs = time_units(
+            fine,
+            inputs_for(batch_size),
+            warmup=warmup,
+            repeats=repeats,
+            on_pass=lambda: bar.step(f"{fine.num_units} pieces"),
+        )
+        bar.close()
+        bar.done = 0
+        bar.label = f"profiling {name}"
+        return costs
+
+    model = segments.split(
+        name, program, max_units=max_units, piece_costs=piece_costs,
+        input_names=input_names, output_names=output_names,
+    )  # fmt: skip
+    if cache is not None:
+        cache.put("cuts", fields, {"cuts": list(model.cuts)})
+    return model, True
