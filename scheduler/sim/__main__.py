@@ -9,6 +9,7 @@ inference delay and latency-critical p99.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -17,7 +18,7 @@ from scheduler.policies import POLICY_NAMES, validate_policy_name
 from scheduler.priority import Priority, SchedulerError
 from scheduler.sim.engine import simulate
 from scheduler.sim.report import SoloBaselines, summarize, table
-from scheduler.sim.workload import Workload, load_workload
+from scheduler.sim.workload import Workload, WorkloadError, load_workload
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
         help="set each latency-critical SLO to this multiple of its solo p99",
     )
     p.add_argument("--sweep", action="store_true", help="sweep fixed:K and compare with deft")
+    p.add_argument("--duration", type=float, default=None,
+                   help="override the workload's duration_s (simulated seconds)")
     return p
 
 
@@ -75,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         workload = load_workload(args.workload)
+        if args.duration is not None:
+            if not args.duration > 0:
+                raise WorkloadError("--duration", "must be > 0")
+            workload = dataclasses.replace(workload, duration_s=args.duration)
         policies = [p.strip() for p in args.policy.split(",") if p.strip()]
         for name in policies:
             validate_policy_name(name)
