@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from controller.api import KubeApi, WatchEvent
-from controller.errors import WatchExpired, classify_status
+from controller.errors import TemporaryApiError, WatchExpired, classify_status
 from controller.objects import Resource
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,10 @@ class Informer:
             raise
 
     def _relist(self) -> bool:
-        result = self.api.list_objects(self.resource, self.namespace)
+        try:
+            result = self.api.list_objects(self.resource, self.namespace)
+        except WatchExpired as exc:  # a list has no version to expire: just try again
+            raise TemporaryApiError(str(exc), exc.status) from exc
         fresh: dict[Key, Mapping[str, Any]] = {}
         for raw in result.items:
             key = _key(raw)

@@ -14,7 +14,13 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from controller.api import ListResult, WatchEvent
-from controller.errors import ApiError, ConfigError, TemporaryApiError, classify_status
+from controller.errors import (
+    ApiError,
+    ConfigError,
+    NotFound,
+    TemporaryApiError,
+    classify_status,
+)
 from controller.objects import Resource
 
 log = logging.getLogger(__name__)
@@ -108,8 +114,6 @@ class KubernetesApi:
                 watcher.stop()
 
     def get_configmap(self, namespace: str, name: str) -> Mapping[str, Any] | None:
-        from controller.errors import NotFound
-
         try:
             model = _translate(
                 lambda: self._core.read_namespaced_config_map(

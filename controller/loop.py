@@ -38,6 +38,7 @@ from controller.objects import INFERENCE_SERVICES, TRAINED_MODELS, Selection, pa
 from controller.reconcile import (
     CONFIGMAP_KEY,
     MANAGED_LABELS,
+    REASON_INVALID,
     Desired,
     DesiredConfigMap,
     Observed,
@@ -129,18 +130,20 @@ class Controller:
     def observe(self) -> Observed:
         """The informers' objects, parsed (malformed ones are skipped and logged once)."""
         objects = []
+        malformed = set()
         default_ns = self.config.namespace or "default"
         for informer in self.informers:
             for raw in informer.snapshot():
                 try:
                     obj = parse_object(raw, default_ns)
                 except MalformedObject as exc:
-                    if str(exc) not in self._malformed_seen:
-                        self._malformed_seen.add(str(exc))
-                        log.warning("skipping a malformed object: %s", exc)
+                    malformed.add(str(exc))
                     continue
                 if obj is not None:
                     objects.append(obj)
+        for problem in sorted(malformed - self._malformed_seen):
+            log.warning("skipping a malformed object: %s", problem)
+        self._malformed_seen = malformed
         namespaces = set(self._written)
         if self.config.namespace is not None:
             namespaces.add(self.config.namespace)
@@ -156,7 +159,7 @@ class Controller:
             self.metrics.error(exc.temporary)
         self.metrics.set_models(desired.models_per_class())
         self.metrics.invalid.set(
-            len({e.ref for e in desired.events if e.reason == "InvalidPriorityAnnotation"})
+            len({e.ref for e in desired.events if e.reason == REASON_INVALID})
         )
         self.last_desired = desired
         if errors:
@@ -216,6 +219,12 @@ class Controller:
                 _log_api_error(f"{informer.resource.plural} list/watch", exc, delay)
                 stop.wait(delay)
                 continue
+            except Exception:  # a bug must not silently end this thread: log, back off, go on
+                self.metrics.error(True)
+                delay = backoff.failure(TemporaryApiError("unexpected"))
+                log.exception("%s list/watch failed unexpectedly", informer.resource.plural)
+                stop.wait(delay)
+                continue
             backoff.success()
             if informer.lists != lists_before:
                 self.metrics.relists.labels(resource=informer.resource.plural).inc()
@@ -229,18 +238,27 @@ class Controller:
         next_resync = self.clock.monotonic()
         while not stop.is_set():
             self.heartbeat = now = self.clock.monotonic()
-            if self.informers_ready():
-                verify = now >= next_resync
-                try:
-                    self.sync(verify=verify)
-                except ApiError as exc:
-                    delay = backoff.failure(exc)
-                    _log_api_error("sync", exc, delay)
-                    stop.wait(delay)
-                    continue
-                backoff.success()
-                if verify:
-                    next_resync = now + self.config.resync_s
+            if not self.informers_ready():
+                wake.wait(self.config.resync_s)  # each informer wakes us after its first list
+                wake.clear()
+                continue
+            verify = now >= next_resync
+            try:
+                self.sync(verify=verify)
+            except ApiError as exc:
+                delay = backoff.failure(exc)
+                _log_api_error("sync", exc, delay)
+                stop.wait(delay)
+                continue
+            except Exception:  # a bug: keep the last good ConfigMaps, log, retry later
+                self.metrics.error(True)
+                delay = backoff.failure(TemporaryApiError("unexpected"))
+                log.exception("sync failed unexpectedly")
+                stop.wait(delay)
+                continue
+            backoff.success()
+            if verify:
+                next_resync = now + self.config.resync_s
             timeout = max(0.0, next_resync - self.clock.monotonic())
             if wake.wait(timeout) and not stop.is_set():
                 stop.wait(self.config.debounce_s)  # let a burst of changes settle

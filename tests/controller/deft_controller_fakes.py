@@ -91,8 +91,9 @@ class FakeClock:
 
 
 class FakeSignal:
-    """A ``Signal`` whose ``wait`` records the timeout, advances the clock, calls ``on_wait``
-    and sets itself after ``limit`` waits (so loops under test end)."""
+    """A ``Signal`` whose ``wait`` records the timeout and calls ``on_wait``; when that set
+    the signal it returns at once, else it advances the clock by the timeout. It sets itself
+    after ``limit`` waits (so loops under test end)."""
 
     def __init__(
         self,
@@ -118,9 +119,11 @@ class FakeSignal:
 
     def wait(self, timeout: float | None = None) -> bool:
         self.waits.append(timeout)
-        self.clock.advance(timeout or 0.0)
         if self.on_wait:
             self.on_wait(len(self.waits))
+        if self._set:  # set by someone meanwhile: woken early, no time passes
+            return True
+        self.clock.advance(timeout or 0.0)
         if self.limit is not None and len(self.waits) >= self.limit:
             self._set = True
         return self._set

@@ -4,13 +4,19 @@ that speaks just enough of the API (lists, a watch stream, ConfigMaps, Events, e
 from __future__ import annotations
 
 import json
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import pytest
+import yaml
 
 from controller.errors import (
     AlreadyExists,
@@ -21,8 +27,14 @@ from controller.errors import (
 from controller.kube import KubernetesApi
 from controller.objects import INFERENCE_SERVICES, TRAINED_MODELS
 
+ROOT = Path(__file__).resolve().parents[2]
+
 ISVC = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
-        "metadata": {"name": "m", "namespace": "ns", "resourceVersion": "11"}}
+        "metadata": {"name": "m", "namespace": "ns", "resourceVersion": "11", "uid": "u-m",
+                     "annotations": {"deft.dev/priority": "latency-critical",
+                                     "deft.dev/slo-ms": "15"}},
+        "spec": {"predictor": {"model": {"modelFormat": {"name": "pytorch-export"},
+                                         "runtime": "deft", "storageUri": "gs://b/m"}}}}
 
 
 class FakeApiServer:
@@ -31,6 +43,9 @@ class FakeApiServer:
         self.configmaps: dict[str, dict] = {}
         self.events: dict[str, dict] = {}
         self.watch_lines: list[dict] = []
+        self.hold_watches: threading.Event | None = None  # watches wait on it, as real ones do
+        self.configmap_created = threading.Event()
+        self.event_created = threading.Event()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -58,7 +73,11 @@ class FakeApiServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request: object, client_address: object) -> None:
+                pass  # clients that go away mid-watch are expected here
+
+        self.httpd = Server(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(
             target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
         )
@@ -85,6 +104,8 @@ class FakeApiServer:
             return self.status(503, "ServiceUnavailable")
         if parts[0] == "apis":
             if query.get("watch") == "true":
+                if self.hold_watches is not None:
+                    self.hold_watches.wait(60)
                 return 200, self.watch_lines
             return 200, {"kind": "List", "metadata": {"resourceVersion": "10"},
                          "items": [ISVC] if parts[-1] == "inferenceservices" else []}
@@ -95,6 +116,7 @@ class FakeApiServer:
             if name in store:
                 return self.status(409, "AlreadyExists")
             store[name] = body
+            (self.configmap_created if kind == "configmaps" else self.event_created).set()
             return 201, body
         name = parts[5]
         if name not in store:
@@ -208,6 +230,48 @@ def test_http_errors_are_classified(server):
     with pytest.raises(PermanentApiError):
         api.create_event("forbidden", {"metadata": {"name": "x", "namespace": "forbidden"},
                                        "involvedObject": {}})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_controller_process_against_a_fake_api(server, tmp_path):
+    """``python -m controller`` end to end: kubeconfig, list, ConfigMap, Event, metrics,
+    and a clean exit on SIGTERM."""
+    server.hold_watches = threading.Event()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+        "clusters": [{"name": "fake", "cluster": {"server": server.url}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "me"}}],
+        "users": [{"name": "me", "user": {}}],
+    }))
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "controller", "--kubeconfig", str(kubeconfig), "--namespace",
+         "ns", "--metrics_port", str(port)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert server.event_created.wait(60), proc.stderr.read() if proc.poll() else ""
+        table = yaml.safe_load(server.configmaps["deft-priorities"]["data"]["priorities.yaml"])
+        assert table == {"models": {"m": {"priority": "latency-critical", "slo_ms": 15}}}
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
+            assert resp.status == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            body = resp.read().decode()
+        assert 'deft_controller_configmap_writes_total{operation="create"} 1.0' in body
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        assert "watching namespace ns" in proc.stderr.read()
+    finally:
+        server.hold_watches.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_unreachable_server_is_temporary():

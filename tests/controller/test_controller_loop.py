@@ -231,7 +231,9 @@ def test_sync_loop_waits_for_informers_and_wakes_on_change(api, clock):
     wake.on_wait = on_wait
     c.run_sync(stop, wake)
     assert api.writes() == [("create_configmap", "default")]
-    assert stop.waits == [0.5, 0.5]  # debounce after each wake-up
+    assert wake.waits == [300, 300, 299.5]  # not ready; synced; synced again after debounce
+    assert stop.waits == [0.5]  # debounce after a wake-up by a change
+    assert api.calls.count(("get_configmap", "default")) == 1  # only the first was a resync
 
 
 def test_sync_loop_backs_off_on_write_errors(api, clock):
@@ -394,3 +396,19 @@ class _StopAfter:
         if fired:
             self.stop.set()
         return False
+
+
+def test_unexpected_failures_are_logged_and_retried(api, clock, caplog):
+    api.fail["list_objects"] = [RuntimeError("bug")]
+    api.fail["get_configmap"] = [RuntimeError("bug")]
+    api.apply(isvc("a"))
+    c = make(api, clock, backoff_base_s=0.5)
+    stop = FakeSignal(clock)
+    api.on_idle_watch = stop.set
+    c.run_informer(c.informers[0], stop, FakeSignal(clock))
+    c.informers[1].step()
+    assert stop.waits == [0.5] and c.informers[0].has_listed
+    stop, wake = FakeSignal(clock), FakeSignal(clock, limit=1)
+    c.run_sync(stop, _StopAfter(wake, stop))
+    assert stop.waits == [0.5] and models(api) == {"a": {"priority": "batch"}}
+    assert sum("unexpectedly" in r.message for r in caplog.records) == 2
