@@ -281,12 +281,17 @@ class Controller:
 
 
 def _matches(live: Mapping[str, Any], text: str) -> bool:
-    data = live.get("data") if isinstance(live.get("data"), Mapping) else {}
-    metadata = live.get("metadata") if isinstance(live.get("metadata"), Mapping) else {}
-    labels = metadata.get("labels") if isinstance(metadata.get("labels"), Mapping) else {}
+    """Whether the live ConfigMap already carries ``text`` and our labels."""
+    data = _submap(live, "data")
+    labels = _submap(_submap(live, "metadata"), "labels")
     return data.get(CONFIGMAP_KEY) == text and all(
         labels.get(k) == v for k, v in MANAGED_LABELS.items()
     )
+
+
+def _submap(parent: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = parent.get(key)
+    return value if isinstance(value, Mapping) else {}
 
 
 def _combine(errors: list[ApiError]) -> ApiError:
