@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 DEMO_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config" / "demo"
 DEMO_MODELS = ("detector", "classifier")
-DEMO_VERSION = 2  # bump when a model definition changes, so written folders are re-exported
+DEMO_VERSION = 3  # bump when a model definition changes, so written folders are re-exported
 _STAMP = ".deft-demo.json"
 
 
@@ -91,20 +91,20 @@ class BasicBlock(nn.Module):
 
 
 class Classifier(nn.Module):
-    """A ResNet-18-shaped classifier with narrower stages (48-96-192-384 channels)."""
+    """A ResNet-18-shaped classifier with narrower stages (56-112-224-448 channels)."""
 
     def __init__(
         self,
-        widths: tuple[int, ...] = (48, 96, 192, 384),
+        widths: tuple[int, ...] = (56, 112, 224, 448),
         blocks: tuple[int, ...] = (2, 2, 2, 2),
         classes: int = 1000,
     ) -> None:
         super().__init__()
+        # A strided convolution where ResNet max-pools: CPU max_pool2d on NCHW tensors is one
+        # slow op (tens of ms at batch 8) that no sync point could split.
         self.stem = nn.Sequential(
-            nn.Conv2d(3, widths[0], 7, 2, 3, bias=False),
-            nn.BatchNorm2d(widths[0]),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(3, 2, 1),
+            _conv_bn(3, widths[0], 7, 2),
+            _conv_bn(widths[0], widths[0], 3, 2),
         )
         layers: list[nn.Module] = []
         cin = widths[0]
