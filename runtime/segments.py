@@ -490,7 +490,9 @@ def balance(costs: Sequence[float], max_units: int) -> list[int]:
     Returns increasing positions ``p`` (``0 < p < len(costs)``; a cut before piece ``p``).
     Each cut goes to the piece boundary nearest to an equal share of the cost still left
     for the groups still to form, so a piece costlier than its share does not starve the
-    others of units. No group is ever empty. Costs of all zero count every piece as 1.
+    others of units; boundaries that would leave a group under a quarter of its share are
+    avoided where another one exists. No group is ever empty. Costs of all zero count every
+    piece as 1.
     """
     if max_units < 1:
         raise ValueError(f"max_units must be >= 1, got {max_units}")
@@ -504,9 +506,20 @@ def balance(costs: Sequence[float], max_units: int) -> list[int]:
     cuts: list[int] = []
     last = 0
     for groups_left in range(max_units, 1, -1):
-        target = prefix[last] + (prefix[n] - prefix[last]) / groups_left
+        share = (prefix[n] - prefix[last]) / groups_left
+        floor = share / 4
         highest = n - groups_left + 1  # leave one piece for each group after this one
-        last = min(range(last + 1, highest + 1), key=lambda p: (abs(prefix[p] - target), p))
+        candidates = range(last + 1, highest + 1)
+        # Skip cuts that leave a nearly free group (an input guard alone, a final reshape):
+        # a sync point there costs time and buys no preemption.
+        roomy = [
+            p
+            for p in candidates
+            if prefix[p] - prefix[last] >= floor
+            and (groups_left > 2 or prefix[n] - prefix[p] >= floor)
+        ]
+        target = prefix[last] + share
+        last = min(roomy or candidates, key=lambda p: (abs(prefix[p] - target), p))
         cuts.append(last)
     return cuts
 
