@@ -33,6 +33,8 @@ class RuntimeConfig:
     grace_period_s: int
     retry_after_s: float
     default_settings: ModelSettings | None
+    modelmesh_port: int = 0  # 0: ModelMesh mode off
+    memory_budget_mb: float | None = None  # None: the device's default (runtime.modelmesh.memory)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -70,6 +72,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="class of models whose configuration names none")
     p.add_argument("--slo_ms", type=float, default=None)
     p.add_argument("--max_batch_size", type=int, default=None)
+    p.add_argument("--modelmesh_port", type=int, default=0,
+                   help="serve ModelMesh's model-runtime gRPC service on this loopback port "
+                   "(0: off)")
+    p.add_argument("--memory_budget_mb", type=float, default=None,
+                   help="memory for ModelMesh's models (default: 4096 on a CPU, 80%% of the "
+                   "GPU's memory on CUDA)")
     return p
 
 
@@ -88,6 +96,10 @@ def parse_args(argv: list[str]) -> tuple[RuntimeConfig, list[str]]:
         parser.error(str(exc))
     if not args.demo and args.model_dir is None:
         parser.error("give --model_dir DIR or --demo")
+    if not 0 <= args.modelmesh_port <= 65535:
+        parser.error(f"--modelmesh_port must be a port number, got {args.modelmesh_port}")
+    if args.memory_budget_mb is not None and not args.memory_budget_mb > 0:
+        parser.error(f"--memory_budget_mb must be positive, got {args.memory_budget_mb}")
     token = None
     if args.repository_api_token_file is not None:
         token = args.repository_api_token_file.read_text().strip()
@@ -113,4 +125,6 @@ def parse_args(argv: list[str]) -> tuple[RuntimeConfig, list[str]]:
         grace_period_s=args.grace_period,
         retry_after_s=args.retry_after_s,
         default_settings=default,
+        modelmesh_port=args.modelmesh_port,
+        memory_budget_mb=args.memory_budget_mb,
     ), unknown

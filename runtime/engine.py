@@ -68,6 +68,9 @@ class ServedModel:
     max_queue_size: int = 64
     platform: str = "pytorch"
     version: str = "1"
+    # the priority table's key when it is not ``name`` (a ModelMesh id maps to the
+    # InferenceService's name: runtime.modelmesh.ids)
+    priority_name: str | None = None
 
     @property
     def num_units(self) -> int:
@@ -277,15 +280,17 @@ class Engine:
     # -- settings ------------------------------------------------------------------------
 
     def settings_for(self, name: str, served: ServedModel | None = None) -> ModelSettings:
-        """Priority table, then the model's configuration, then the command line."""
-        from_table = self._table.get(name)
+        """Priority table, then the model's configuration, then the command line; the table
+        and the command line know the model by ``served.priority_name`` where it has one."""
+        key = served.priority_name if served is not None and served.priority_name else name
+        from_table = self._table.get(key)
         if from_table is not None:
             return from_table
         if served is not None and (
-            served.settings != ModelSettings() or name not in self.options.cli_settings
+            served.settings != ModelSettings() or key not in self.options.cli_settings
         ):
             return served.settings
-        return self.options.cli_settings.get(name, ModelSettings())
+        return self.options.cli_settings.get(key, ModelSettings())
 
     def apply_priorities(self, table: PriorityTable) -> None:
         """Swap in a new priority table; applies at the next sync point, drops nothing."""

@@ -10,14 +10,47 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from grpc_interceptor.exceptions import DeadlineExceeded, ResourceExhausted, Unavailable
 from kserve import Model
 from kserve.errors import InferenceError
 from kserve.errors import InvalidInput as KServeInvalidInput
+from kserve.errors import ModelNotFound as KServeModelNotFound
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from runtime import errors
 from runtime.engine import Engine
 from runtime.tensors import NUMPY_TO_V2, V2_TO_NUMPY
+
+
+def _kserve_error(exc: errors.DeftError) -> Exception:
+    """The exception kserve's servers turn into the right status: kserve's own errors where it
+    has one (REST and gRPC), gRPC status exceptions for the rest (kserve's gRPC server passes
+    them through; its REST server answers them with 500, as it did any engine error)."""
+    if isinstance(exc, errors.InvalidInput):
+        return KServeInvalidInput(str(exc))
+    if isinstance(exc, errors.InferenceFailed):
+        return InferenceError(str(exc))
+    if isinstance(exc, errors.ModelNotFound):
+        return KServeModelNotFound(exc.name)
+    if isinstance(exc, (errors.ModelNotReady, errors.ShuttingDown)):
+        return Unavailable(str(exc))
+    if isinstance(exc, errors.QueueFull):
+        return ResourceExhausted(str(exc))
+    if isinstance(exc, errors.RequestTimeout):
+        return DeadlineExceeded(str(exc))
+    return exc
+
+
+def _unknown_uint64(message: Any) -> int | None:
+    """``uint64_param`` (field 5) of an InferParameter parsed with kserve's v2 proto, which
+    lacks the field: tritonclient sends ``priority`` and ``timeout`` in it over gRPC, and
+    protobuf keeps it among the message's unknown fields."""
+    from google.protobuf.unknown_fields import UnknownFieldSet
+
+    for field in UnknownFieldSet(message):
+        if field.field_number == 5 and field.wire_type == 0:  # varint
+            return int(field.data)
+    return None
 
 
 def _param(parameters: Any, key: str) -> int:
@@ -27,6 +60,10 @@ def _param(parameters: Any, key: str) -> int:
     for attr in ("int64_param", "uint64_param"):
         if hasattr(value, attr) and value.WhichOneof("parameter_choice") == attr:
             return int(getattr(value, attr))
+    if hasattr(value, "WhichOneof") and value.WhichOneof("parameter_choice") is None:
+        unsigned = _unknown_uint64(value)
+        if unsigned is not None:
+            return unsigned
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise KServeInvalidInput(f"parameter '{key}' must be a non-negative integer")
     return value
@@ -49,16 +86,25 @@ class DeftModel(Model):  # type: ignore[misc]
         return self._deft.model_ready(self.name) and self._deft.ready()
 
     def get_input_types(self) -> list[dict[str, Any]]:
-        return [s.to_metadata() for s in self._deft.model(self.name).inputs]
+        try:
+            return [s.to_metadata() for s in self._deft.model(self.name).inputs]
+        except errors.DeftError as exc:
+            raise _kserve_error(exc) from None
 
     def get_output_types(self) -> list[dict[str, Any]]:
-        return [s.to_metadata() for s in self._deft.model(self.name).outputs]
+        try:
+            return [s.to_metadata() for s in self._deft.model(self.name).outputs]
+        except errors.DeftError as exc:
+            raise _kserve_error(exc) from None
 
     async def predict(
         self, payload: InferRequest, headers: dict[str, str] | None = None,
         response_headers: dict[str, str] | None = None,
     ) -> InferResponse:
-        served = self._deft.model(self.name)
+        try:
+            served = self._deft.model(self.name)
+        except errors.DeftError as exc:
+            raise _kserve_error(exc) from None
         specs = {s.name: s for s in served.inputs}
         inputs: dict[str, np.ndarray] = {}
         for tensor in payload.inputs:
@@ -84,10 +130,8 @@ class DeftModel(Model):  # type: ignore[misc]
                 priority=_param(payload.parameters, "priority"),
                 timeout_us=_param(payload.parameters, "timeout") or None,
             )
-        except errors.InvalidInput as exc:
-            raise KServeInvalidInput(str(exc)) from None
-        except errors.InferenceFailed as exc:
-            raise InferenceError(str(exc)) from None
+        except errors.DeftError as exc:
+            raise _kserve_error(exc) from None
         infer_outputs = []
         for spec in served.outputs:
             arr = outputs[spec.name]

@@ -119,6 +119,12 @@ def main(cfg: RuntimeConfig) -> int:
 
     registry = ModelRepository(models_dir=str(model_dir))
     models = [DeftModel(name, engine) for name in engine.ready_models()]
+    if cfg.modelmesh_port:
+        from runtime.modelmesh.server import install as install_modelmesh
+
+        install_modelmesh(kserve_model_server.app, engine, registry,
+                          lambda model_id: DeftModel(model_id, engine),
+                          port=cfg.modelmesh_port, memory_budget_mb=cfg.memory_budget_mb)
     server = ModelServer(
         http_port=cfg.http_port,
         grpc_port=cfg.grpc_port,
