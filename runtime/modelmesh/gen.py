@@ -37,11 +37,12 @@ class StubGenerationError(RuntimeError):
 
 
 def stale(out: Path = OUT, proto: Path = PROTO) -> bool:
-    """True when a stub is missing or older than ``proto``."""
-    built = proto.stat().st_mtime
+    """True when a stub is missing or older than ``proto`` (an installed package may come
+    without its ``.proto``: its stubs are then only checked for presence)."""
+    built = proto.stat().st_mtime if proto.is_file() else None
     for name in (*MODULES, "__init__.py"):
         path = out / name
-        if not path.is_file() or path.stat().st_mtime < built:
+        if not path.is_file() or (built is not None and path.stat().st_mtime < built):
             return True
     return False
 

@@ -103,6 +103,11 @@ def test_generator_writes_stubs_and_notices_a_newer_proto(tmp_path):
     assert not list(out.glob(".gen-*"))  # no temporary folder left behind
     text = (out / "model_runtime_pb2_grpc.py").read_text()
     assert "from runtime.modelmesh._generated import model_runtime_pb2" in text
+    proto.unlink()  # an installed package: stubs generated at build time, no .proto
+    assert not gen.stale(out, proto)
+    gen.ensure_stubs(out, proto)
+    with pytest.raises(gen.StubGenerationError, match="no ModelMesh stubs"):
+        gen.ensure_stubs(tmp_path / "elsewhere", proto)
 
 
 def test_stubs_are_generated_on_first_import_in_a_clean_checkout(tmp_path):
@@ -122,6 +127,25 @@ def test_stubs_are_generated_on_first_import_in_a_clean_checkout(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[:2] == ["1", "mmesh.ModelRuntime"]
     assert done.stdout.split()[2].startswith(str(package / "_generated"))
+
+
+def test_an_installed_copy_uses_its_stubs_without_the_proto(tmp_path):
+    """What an image holds: the stubs generated at build time, and no .proto."""
+    import shutil
+
+    gen.ensure_stubs()
+    root = tmp_path / "site"
+    package = root / "runtime" / "modelmesh"
+    package.parent.mkdir(parents=True)
+    (root / "runtime" / "__init__.py").write_text("")
+    shutil.copytree(gen.HERE, package, ignore=shutil.ignore_patterns("proto", "__pycache__"))
+    stamps = {p: p.stat().st_mtime for p in (package / "_generated").iterdir()}
+    code = "from runtime.modelmesh.stubs import pb; print(pb.RuntimeStatusResponse.READY)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr
+    assert {p: p.stat().st_mtime for p in stamps} == stamps  # used as they were
+    assert done.stdout.strip() == "1"
 
 
 def test_flags():
