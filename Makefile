@@ -56,7 +56,7 @@ soak: $(STAMP)
 	$(PY) -m e2e.soak
 
 images:
-	docker build -f docker/runtime.Dockerfile -t deft-runtime:latest .
+	docker build -f docker/runtime.Dockerfile $(if $(TORCH_INDEX),--build-arg TORCH_INDEX=$(TORCH_INDEX)) -t deft-runtime:latest .
 	docker build -f docker/controller.Dockerfile -t deft-controller:latest .
 
 clean:

@@ -99,6 +99,9 @@ class EngineOptions:
     retry_after_s: float = 1.0
     cli_settings: Mapping[str, ModelSettings] = field(default_factory=dict)
     cpu_lane: bool | None = None  # None: on for a CPU device with a preemptive policy
+    batch_nice: int = 10  # OS nice value of the batch executor thread when the lane is on
+    batch_threads: int | None = None  # intra-op threads of the batch executor (None: torch's)
+    lane_threads: int = 1  # intra-op threads of the latency-critical lane
 
     def lane_enabled(self) -> bool:
         if self.policy in ("fifo", "priority"):
@@ -139,6 +142,9 @@ class Engine:
             ExecutorLoop(self.scheduler, self.device_runner, self.inbox, self.listener, self.clock),
             self.inbox,
             metrics,
+            # with the CPU lane, batch work runs at a lower OS priority than everything else
+            nice=options.batch_nice if self.gate is not None else 0,
+            threads=options.batch_threads or torch.get_num_threads(),
         )
         # CPU lane: latency-critical jobs run on a thread of their own while batch work
         # yields at its next unit boundary (DESIGN.md, "Preemption mechanism").
@@ -149,6 +155,8 @@ class Engine:
             self.lc_scheduler = Scheduler(
                 options.policy, options.costs, streams=self.scheduler.streams,
                 batching=self._batch_limit,
+                # beside running batch work, measured times are not solo times
+                solo_from_profile=True,
             )
             self.lc_inbox = ThreadInbox()
             gate = self.gate
@@ -168,6 +176,8 @@ class Engine:
                 ),
                 self.lc_inbox,
                 metrics,
+                name="deft-latency-lane",
+                threads=options.lane_threads,
             )
 
     # -- lifecycle -----------------------------------------------------------------------

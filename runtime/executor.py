@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -359,10 +360,16 @@ class Executor:
     """The executor thread. Restarts its loop if the loop itself raises; ``alive`` tells
     whether the thread runs (the engine reports not-ready and starts a new one if not)."""
 
-    def __init__(self, loop: ExecutorLoop, inbox: ThreadInbox, metrics: Metrics) -> None:
+    def __init__(
+        self, loop: ExecutorLoop, inbox: ThreadInbox, metrics: Metrics, nice: int = 0,
+        name: str = "deft-executor", threads: int | None = None,
+    ) -> None:
+        self.threads = threads
         self.loop = loop
         self.inbox = inbox
         self.metrics = metrics
+        self.nice = nice
+        self.name = name
         self._thread: threading.Thread | None = None
         self._stopping = False
         self.last_error: BaseException | None = None
@@ -374,7 +381,7 @@ class Executor:
     def start(self) -> None:
         self._stopping = False
         self.inbox.reopen()
-        self._thread = threading.Thread(target=self._run, name="deft-executor", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
 
     def restart(self) -> None:
@@ -383,6 +390,16 @@ class Executor:
         self.start()
 
     def _run(self) -> None:
+        if self.threads:
+            # per thread under OpenMP: this executor's intra-op team only
+            torch.set_num_threads(self.threads)
+        if self.nice:
+            # Linux applies nice values per thread; torch's OpenMP workers are created by
+            # this thread on its first parallel op and inherit the value.
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
+            except (OSError, AttributeError):
+                log.warning("cannot lower the priority of the %s thread", self.name)
         while not self._stopping:
             try:
                 self.loop.run()

@@ -36,6 +36,9 @@ class ChunkDone:
 class Scheduler:
     """Decides, at every sync point, which job runs its next chunk and how long that chunk is.
 
+    ``solo_from_profile``: feed the latency-critical streams' solo estimate with predicted
+    execution times instead of measured ones (where jobs run beside other work).
+
     Callers: ``submit``/``cancel`` when work arrives or leaves; ``decide`` to get the next
     decision; ``chunk_done``/``chunk_failed`` after the device ran a chunk. Guarantees:
     latency-critical jobs are never preempted and run as one chunk; a queued job whose
@@ -50,7 +53,9 @@ class Scheduler:
         *,
         streams: LatencyCriticalStreams | None = None,
         batching: Callable[[str], int | None] | None = None,
+        solo_from_profile: bool = False,
     ) -> None:
+        self._solo_from_profile = solo_from_profile
         self.predictor = Predictor(costs or DeviceCosts())
         self.profiles: dict[str, Profile] = {}
         self.settings: dict[str, ModelSettings] = {}
@@ -189,7 +194,10 @@ class Scheduler:
             self.current = None
             self.policy.on_finish(job)
             if job.latency_critical:
-                self.streams.on_completion(job.model, job.arrival, job.device_time)
+                service = job.device_time
+                if self._solo_from_profile and job.model in self.profiles:
+                    service = self.predicted_solo(job.model, job.batch_size)
+                self.streams.on_completion(job.model, job.arrival, service)
         return ChunkDone(job, decision.start, decision.end, t0, t1, finished)
 
     def chunk_failed(self, decision: RunChunk) -> None:
