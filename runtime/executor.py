@@ -9,6 +9,7 @@ awaits futures; the executor thread owns the scheduler and runs torch; answers c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -59,10 +60,9 @@ class Pending:
             else:
                 self.future.set_result(result)
 
-        try:
+        # a closed event loop raises RuntimeError: nobody is waiting any more
+        with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(_set)
-        except RuntimeError:  # the event loop is closed: nobody is waiting any more
-            pass
 
 
 class ThreadInbox:
@@ -277,7 +277,9 @@ class TorchDevice:
         with torch.inference_mode():
             for size in sizes:
                 tensors = {
-                    k: torch.from_numpy(v[offset : offset + size]).to(self.device, non_blocking=True)
+                    k: torch.from_numpy(v[offset : offset + size]).to(
+                        self.device, non_blocking=True
+                    )
                     for k, v in batch.items()
                 }
                 states.append(seg.start(tensors))

@@ -134,7 +134,9 @@ def build_router(
         return _json({"name": model_name, "ready": ok}, 200 if ok else 503)
 
     @_guard
-    async def infer(request: Request, model_name: str, model_version: str | None = None) -> Response:
+    async def infer(
+        request: Request, model_name: str, model_version: str | None = None
+    ) -> Response:
         served = engine.model(model_name)
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limits.max_body_bytes:
