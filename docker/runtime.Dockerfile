@@ -40,7 +40,9 @@ COPY pyproject.toml README.md* ./
 COPY scheduler ./scheduler
 COPY runtime ./runtime
 COPY controller ./controller
-RUN pip install . && pip check
+# ModelMesh's gRPC stubs are generated at build time and installed with the package
+RUN pip install grpcio-tools && python -m runtime.modelmesh.gen && pip uninstall -y grpcio-tools \
+    && pip install . && pip check
 
 FROM ${BASE_IMAGE}
 ENV DEBIAN_FRONTEND=noninteractive
@@ -55,7 +57,9 @@ RUN set -eux; \
         --shell /usr/sbin/nologin deft; \
     install -d -o 10001 -g 10001 /var/cache/deft /mnt/models
 COPY --from=builder /opt/deft /opt/deft
+COPY config /opt/deft/config
 ENV PATH=/opt/deft/bin:$PATH \
+    DEFT_CONFIG_DIR=/opt/deft/config \
     HOME=/home/deft \
     DEFT_CACHE_DIR=/var/cache/deft \
     PYTHONUNBUFFERED=1 \

@@ -33,7 +33,11 @@ from runtime.model_repository import CONFIG_FILE, ModelConfig
 
 log = logging.getLogger(__name__)
 
-DEMO_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config" / "demo"
+# the repository's config/ folder; an installed copy (the image) names it in DEFT_CONFIG_DIR
+DEMO_CONFIG_DIR = (
+    Path(os.environ.get("DEFT_CONFIG_DIR", Path(__file__).resolve().parent.parent / "config"))
+    / "demo"
+)
 DEMO_MODELS = ("detector", "classifier")
 DEMO_VERSION = 3  # bump when a model definition changes, so written folders are re-exported
 _STAMP = ".deft-demo.json"

@@ -25,7 +25,12 @@ from controller.objects import DEFAULT_MODEL_FORMATS, DEFAULT_RUNTIMES
 from controller.reconcile import CONFIGMAP_KEY, CONFIGMAP_NAME
 
 KSERVE_DOCS = [(i, d) for i, d in all_documents() if d.get("kind") in KSERVE_KINDS]
-RUNTIMES = [(i, d) for i, d in KSERVE_DOCS if d["kind"].endswith("ServingRuntime")]
+# the ModelMesh runtime (grpcEndpoint) has a contract of its own, tested with the ModelMesh mode
+RUNTIMES = [
+    (i, d)
+    for i, d in KSERVE_DOCS
+    if d["kind"].endswith("ServingRuntime") and "grpcEndpoint" not in d["spec"]
+]
 EXAMPLES = MANIFESTS / "examples"
 
 
