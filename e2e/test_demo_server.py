@@ -117,3 +117,18 @@ def test_sigterm_finishes_accepted_requests_and_exits(tmp_path):
     code = server.proc.wait(60)
     assert code == 0, server.log()
     assert results == [(8, 1000)] * 3, results
+
+
+def test_grpc_serves_models_loaded_through_the_repository_api(tmp_path):
+    import tritonclient.grpc as grpcclient
+
+    with RuntimeProcess("--demo", log_path=tmp_path / "log") as server:
+        base = f"http://{server.url}"
+        assert httpx.post(f"{base}/v2/repository/models/detector/unload").status_code == 200
+        r = httpx.post(f"{base}/v2/repository/models/detector/load", timeout=120)
+        assert r.status_code == 200
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+        x = image(1, 96)
+        inp = grpcclient.InferInput("image", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        assert client.infer("detector", [inp]).as_numpy("scores").shape == (1, 16)

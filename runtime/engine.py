@@ -128,6 +128,9 @@ class Engine:
         self.device = torch.device(options.device)
         self._models: dict[str, _Entry] = {}
         self._table = PriorityTable({})
+        # called with a model's name when it becomes ready / is unloaded (other front ends)
+        self.on_ready: list[Callable[[str], None]] = []
+        self.on_unloaded: list[Callable[[str], None]] = []
         self._accepting = True
         self._started = False
         self._outstanding = 0
@@ -252,6 +255,8 @@ class Engine:
         for inbox in self._inboxes():
             inbox.call(lambda s: s.set_model(served.name, settings, profile))
         self._models[served.name] = _Entry(ModelState.READY, served)
+        for hook in self.on_ready:
+            hook(served.name)
         log.info(
             "model %s ready: %d units, %s%s", served.name, served.num_units,
             settings.priority.value, f", SLO {settings.slo_ms} ms" if settings.slo_ms else "",
@@ -274,6 +279,8 @@ class Engine:
         entry.served = None
         for inbox in self._inboxes():
             inbox.call(lambda s: s.remove_model(name))
+        for hook in self.on_unloaded:
+            hook(name)
 
     def index(self) -> list[dict[str, str]]:
         names = sorted(set(self._available()) | set(self._models))

@@ -119,6 +119,9 @@ def main(cfg: RuntimeConfig) -> int:
 
     registry = ModelRepository(models_dir=str(model_dir))
     models = [DeftModel(name, engine) for name in engine.ready_models()]
+    # models loaded later through the repository API are served over gRPC too
+    engine.on_ready.append(lambda name: registry.update(DeftModel(name, engine), name))
+    engine.on_unloaded.append(lambda name: registry.models.pop(name, None))
     if cfg.modelmesh_port:
         from runtime.modelmesh.server import install as install_modelmesh
 
