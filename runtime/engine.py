@@ -14,6 +14,7 @@ import math
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -75,6 +76,24 @@ class ServedModel:
     @property
     def num_units(self) -> int:
         return int(self.segmented.num_units)  # type: ignore[attr-defined]
+
+    @classmethod
+    def from_loaded(cls, loaded: Any, name: str | None = None,
+                    priority_name: str | None = None) -> ServedModel:
+        """From ``runtime.model_repository.load``'s result (its config, units, profile)."""
+        cfg = loaded.config
+        return cls(
+            name=name or loaded.name,
+            segmented=loaded.model,
+            inputs=cfg.inputs,
+            outputs=cfg.outputs,
+            settings=cfg.settings,
+            profile=profile_from_us(loaded.profile),
+            max_batch_size=cfg.max_batch_size,
+            max_queue_size=cfg.max_queue_size,
+            platform=f"pytorch_{loaded.source.format}",
+            priority_name=priority_name,
+        )
 
 
 Loader = Callable[[str], ServedModel]

@@ -17,7 +17,7 @@ from kserve.model_repository import ModelRepository
 from runtime import model_repository as repo
 from runtime.codec import Limits
 from runtime.config import RuntimeConfig
-from runtime.engine import Engine, EngineOptions, ServedModel, profile_from_us
+from runtime.engine import Engine, EngineOptions, ServedModel
 from runtime.errors import ModelLoadError
 from runtime.http import RepositoryAccess, install
 from runtime.kserve_model import DeftModel
@@ -52,19 +52,7 @@ def make_loader(model_dir: Path, model_name: str | None, device: torch.device):
             from runtime.errors import ModelNotFound
 
             raise ModelNotFound(name)
-        loaded = repo.load(source, device)
-        cfg = loaded.config
-        return ServedModel(
-            name=name,
-            segmented=loaded.model,
-            inputs=cfg.inputs,
-            outputs=cfg.outputs,
-            settings=cfg.settings,
-            profile=profile_from_us(loaded.profile),
-            max_batch_size=cfg.max_batch_size,
-            max_queue_size=cfg.max_queue_size,
-            platform=f"pytorch_{source.format}",
-        )
+        return ServedModel.from_loaded(repo.load(source, device), name)
 
     def available() -> list[str]:
         try:

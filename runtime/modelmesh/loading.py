@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from runtime import model_repository as repo
-from runtime.engine import ServedModel, profile_from_us
+from runtime.engine import ServedModel
 from runtime.errors import InvalidInput
 from runtime.modelmesh.errors import ModelFilesMissing
 from runtime.modelmesh.ids import priority_name
@@ -63,17 +63,6 @@ def source_for(model_id: str, model_path: str) -> repo.ModelSource:
 def load_served(source: repo.ModelSource, device: torch.device) -> ServedModel:
     """Load, split and profile the model; served under its ModelMesh id, prioritised under
     the InferenceService name the id maps to. Raises ModelLoadError with the reason."""
-    loaded = repo.load(source, device)
-    cfg = loaded.config
-    return ServedModel(
-        name=source.name,
-        segmented=loaded.model,
-        inputs=cfg.inputs,
-        outputs=cfg.outputs,
-        settings=cfg.settings,
-        profile=profile_from_us(loaded.profile),
-        max_batch_size=cfg.max_batch_size,
-        max_queue_size=cfg.max_queue_size,
-        platform=f"pytorch_{source.format}",
-        priority_name=priority_name(source.name),
+    return ServedModel.from_loaded(
+        repo.load(source, device), source.name, priority_name(source.name)
     )
