@@ -67,6 +67,7 @@ class ServedModel:
     profile: Profile | None
     max_batch_size: int | None = None
     max_queue_size: int = 64
+    max_queue_delay_s: float = 0.0
     platform: str = "pytorch"
     version: str = "1"
     # the priority table's key when it is not ``name`` (a ModelMesh id maps to the
@@ -91,6 +92,7 @@ class ServedModel:
             profile=profile_from_us(loaded.profile),
             max_batch_size=cfg.max_batch_size,
             max_queue_size=cfg.max_queue_size,
+            max_queue_delay_s=cfg.max_queue_delay_ms / 1000.0,
             platform=f"pytorch_{loaded.source.format}",
             priority_name=priority_name,
         )
@@ -154,8 +156,11 @@ class Engine:
         self._started = False
         self._outstanding = 0
         self._idle = threading.Condition()
-        self.scheduler = Scheduler(options.policy, options.costs, batching=self._batch_limit)
-        self.inbox = ThreadInbox()
+        self.scheduler = Scheduler(
+            options.policy, options.costs, batching=self._batch_limit,
+            batch_delay=self._batch_delay,
+        )
+        self.inbox = ThreadInbox(self.clock)
         self.inbox.on_cancelled = self._on_cancelled
         self.listener = ResultListener(metrics, self.clock)
         self.gate = BatchGate(self.clock) if options.lane_enabled() else None
@@ -180,7 +185,7 @@ class Engine:
                 # beside running batch work, measured times are not solo times
                 solo_from_profile=True,
             )
-            self.lc_inbox = ThreadInbox()
+            self.lc_inbox = ThreadInbox(self.clock)
             gate = self.gate
 
             def lane_cancelled(job: Job) -> None:
@@ -340,6 +345,10 @@ class Engine:
                         lambda s, n=name, st=settings, p=served.profile: s.set_model(n, st, p)
                     )
         log.info("priority table applied: %d entries", len(table.models))
+
+    def _batch_delay(self, model: str) -> float:
+        served = self._served(model)
+        return served.max_queue_delay_s if served is not None else 0.0
 
     def _batch_limit(self, model: str) -> int | None:
         entry = self._models.get(model)

@@ -68,7 +68,8 @@ class Pending:
 class ThreadInbox:
     """Hands work from other threads to the executor thread (scheduler ``Inbox``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock | None = None) -> None:
+        self._clock = clock
         self._cond = threading.Condition()
         self._submitted: list[Job] = []
         self._cancelled: list[Job] = []
@@ -119,7 +120,10 @@ class ThreadInbox:
             if self._stopping:
                 return False
             if not (self._submitted or self._cancelled or self._calls):
-                self._cond.wait(timeout=0.5 if until is None else max(0.0, until))
+                timeout = 0.5
+                if until is not None and self._clock is not None:
+                    timeout = min(timeout, max(0.0, until - self._clock.now()))
+                self._cond.wait(timeout=timeout)
             return not self._stopping
 
 

@@ -36,6 +36,8 @@ class ChunkDone:
 class Scheduler:
     """Decides, at every sync point, which job runs its next chunk and how long that chunk is.
 
+    ``batch_delay``: how long a batch job of a model may wait for more requests to batch
+    with (dynamic batching's queue delay), in seconds.
     ``solo_from_profile``: feed the latency-critical streams' solo estimate with predicted
     execution times instead of measured ones (where jobs run beside other work).
 
@@ -54,7 +56,9 @@ class Scheduler:
         streams: LatencyCriticalStreams | None = None,
         batching: Callable[[str], int | None] | None = None,
         solo_from_profile: bool = False,
+        batch_delay: Callable[[str], float] | None = None,
     ) -> None:
+        self._batch_delay = batch_delay or (lambda model: 0.0)
         self._solo_from_profile = solo_from_profile
         self.predictor = Predictor(costs or DeviceCosts())
         self.profiles: dict[str, Profile] = {}
@@ -122,6 +126,9 @@ class Scheduler:
         job = self.policy.select(self.queue, current, now)
         if job is None:
             return rejects, Wait()
+        hold = self._hold_for_batch(job, now)
+        if hold is not None:
+            return rejects, Wait(until=hold)
         preempted = None
         if current is not None and job is not current:
             preempted = current
@@ -134,6 +141,22 @@ class Scheduler:
         end = self.policy.chunk_end(job, now)
         end = max(job.next_unit + 1, min(end, job.total_units))
         return rejects, RunChunk(job, job.next_unit, end, preempted)
+
+    def _hold_for_batch(self, job: Job, now: float) -> float | None:
+        """Until when a batch job waits for more requests to batch with (its model's
+        ``max_queue_delay``), or None to start now."""
+        if job.started or job.latency_critical:
+            return None
+        delay = self._batch_delay(job.model)
+        limit = self._batch_limit(job.model)
+        if delay <= 0 or limit is None or now >= job.arrival + delay:
+            return None
+        queued = sum(
+            j.batch_size
+            for j in self.queue.same_model_queued(job)
+            if j.priority is job.priority and j.batch_key == job.batch_key
+        )
+        return job.arrival + delay if queued < limit else None
 
     def _start(self, job: Job, now: float) -> Job:
         self.queue.remove(job)

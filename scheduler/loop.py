@@ -28,7 +28,7 @@ class Inbox(Protocol):
         ...
 
     def wait(self, until: float | None) -> bool:
-        """Block until work may have arrived or ``until``; False: stop the loop."""
+        """Block until work may have arrived or clock time ``until``; False: stop the loop."""
         ...
 
 

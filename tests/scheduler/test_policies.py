@@ -205,3 +205,27 @@ def test_streams_budget_is_infinite_when_inactive():
     assert math.isinf(s.streams.budget(0.0))
     assert isinstance(s.decide(0.0)[1], Wait)
     assert not isinstance(s.decide(0.0)[1], RunChunk)
+
+
+def test_a_batch_job_waits_up_to_its_queue_delay_for_more_requests():
+    s = make_scheduler("fifo", batching=lambda m: 4)
+    s._batch_delay = lambda model: 0.002
+    first = make_job("b", BATCH, arrival=0.0, units=1)
+    s.submit(first)
+    _, d = s.decide(0.0)
+    assert d == Wait(until=0.002)
+    second = make_job("b", BATCH, arrival=0.001, units=1)
+    s.submit(second)
+    assert s.decide(0.001)[1] == Wait(until=0.002)
+    _, d = s.decide(0.002)
+    assert d.job.members == [first, second]
+
+
+def test_a_full_batch_does_not_wait():
+    s = make_scheduler("fifo", batching=lambda m: 2)
+    s._batch_delay = lambda model: 1.0
+    jobs = [make_job("b", BATCH, arrival=0.0, units=1) for _ in range(2)]
+    for j in jobs:
+        s.submit(j)
+    _, d = s.decide(0.0)
+    assert isinstance(d, RunChunk) and d.job.members == jobs
