@@ -112,7 +112,10 @@ class ThreadInbox:
         for job in submitted:
             scheduler.submit(job)
         for job in cancelled:
-            if scheduler.cancel(job):
+            # a job that already started is dropped at this sync point (the scheduler lets a
+            # cancelled current job go); either way nobody waits for its answer any more
+            running = scheduler.current is job
+            if scheduler.cancel(job) or running:
                 self.on_cancelled(job)
 
     def wait(self, until: float | None) -> bool:
@@ -202,9 +205,30 @@ class GateListener:
 
 
 @dataclass
+class _Piece:
+    """Rows ``[offset, offset + rows)`` of a job's batch and their model state. A
+    micro-batch is one piece until it runs out of memory; then it is split in halves."""
+
+    offset: int
+    rows: int
+    state: Any = None  # None: not started (the rows start from the inputs at unit 0)
+    unit: int = 0  # the next unit this piece runs
+
+
+@dataclass
 class _JobState:
-    micro_states: list[Any]
+    micro_states: list[list[_Piece]]
     micro_outputs: list[dict[str, torch.Tensor] | None]
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says the device (or the host) ran out of memory."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text
+    )
 
 
 class TorchDevice:
@@ -214,6 +238,10 @@ class TorchDevice:
     flat unit ``f`` is unit ``f % num_units`` of micro-batch ``f // num_units``. A chunk ends
     with a sync point: on CUDA an event recorded on the job's stream and waited for; on CPU
     the ops have already finished. Latency-critical jobs run on a high-priority CUDA stream.
+
+    Out of memory: rows that run out of memory are split in halves, restarted from their
+    inputs and caught up to where they were; a single row that still runs out of memory
+    fails its job, and only its job.
     """
 
     def __init__(
@@ -238,9 +266,6 @@ class TorchDevice:
         if served is None:
             raise InferenceFailed(f"model '{job.model}' was unloaded")
         seg = served.segmented
-        if job.device_state is None:
-            job.device_state = self._prepare(job, seg)
-        st: _JobState = job.device_state
         n = job.num_units
         stream = None
         if self._cuda:
@@ -248,6 +273,10 @@ class TorchDevice:
         ctx = torch.cuda.stream(stream) if stream is not None else nullcontext()
         gate = None if job.latency_critical else self.gate
         with torch.inference_mode(), ctx:
+            if job.device_state is None:
+                # inputs are copied on the job's own stream, ordered before its units
+                job.device_state = self._prepare(job, seg)
+            st: _JobState = job.device_state
             f = chunk.start
             while f < chunk.end:
                 m, u = divmod(f, n)
@@ -257,38 +286,69 @@ class TorchDevice:
                     if delay is not None and self.on_yield is not None:
                         self.on_yield(job, delay)
                     stop = f + 1  # on the CPU lane every unit boundary is a sync point
-                st.micro_states[m] = seg.run(st.micro_states[m], u, u + (stop - f))
+                end = u + (stop - f)
+                st.micro_states[m] = [
+                    part for piece in st.micro_states[m]
+                    for part in self._advance(job, seg, piece, end)
+                ]
                 if stop == (m + 1) * n:
-                    st.micro_outputs[m] = seg.finish(st.micro_states[m])
-                    st.micro_states[m] = None
+                    finished = [seg.finish(piece.state) for piece in st.micro_states[m]]
+                    st.micro_outputs[m] = _concat(finished)
+                    st.micro_states[m] = []
                 f = stop
             if stream is not None:
                 event = torch.cuda.Event()
                 event.record(stream)
                 event.synchronize()
 
+    def _advance(self, job: Job, seg: Any, piece: _Piece, end: int) -> list[_Piece]:
+        """Run ``piece`` up to unit ``end``; returns the pieces it became (itself, or its
+        halves after it ran out of memory)."""
+        try:
+            if piece.state is None:
+                piece.state = seg.start(self._tensors(_batch(job), piece.offset, piece.rows))
+            piece.state = seg.run(piece.state, piece.unit, end)
+            piece.unit = end
+            return [piece]
+        except Exception as exc:
+            if not out_of_memory(exc) or piece.rows < 2:
+                raise
+            piece.state = None  # half run and possibly what filled the memory: start again
+            if self._cuda:
+                torch.cuda.empty_cache()
+            half = piece.rows // 2
+            log.warning(
+                "job %r ran out of memory on %d rows; retrying them as %d + %d rows",
+                job, piece.rows, piece.rows - half, half,
+            )
+            first = _Piece(piece.offset, piece.rows - half)
+            second = _Piece(piece.offset + piece.rows - half, half)
+            return self._advance(job, seg, first, end) + self._advance(job, seg, second, end)
+
+    def _tensors(
+        self, batch: dict[str, np.ndarray], offset: int, rows: int
+    ) -> dict[str, torch.Tensor]:
+        return {
+            k: torch.from_numpy(v[offset : offset + rows]).to(self.device, non_blocking=True)
+            for k, v in batch.items()
+        }
+
     def _prepare(self, job: Job, seg: Any) -> _JobState:
-        members = job.members or [job]
-        names = list(members[0].payload.inputs)
-        batch: dict[str, np.ndarray] = {}
-        for name in names:
-            parts = [m.payload.inputs[name] for m in members]
-            arr = np.concatenate(parts) if len(parts) > 1 else parts[0]
-            batch[name] = arr if arr.flags.writeable else arr.copy()
-        sizes = job.micro_batch_sizes()
-        states: list[Any] = []
+        batch = _batch(job)
+        pieces: list[list[_Piece]] = []
         offset = 0
         with torch.inference_mode():
-            for size in sizes:
-                tensors = {
-                    k: torch.from_numpy(v[offset : offset + size]).to(
-                        self.device, non_blocking=True
-                    )
-                    for k, v in batch.items()
-                }
-                states.append(seg.start(tensors))
+            for size in job.micro_batch_sizes():
+                piece = _Piece(offset, size)
+                try:
+                    piece.state = seg.start(self._tensors(batch, offset, size))
+                except Exception as exc:
+                    if not out_of_memory(exc):
+                        raise
+                    # no room for its inputs now: started (and split) when it first runs
+                pieces.append([piece])
                 offset += size
-        return _JobState(states, [None] * len(sizes))
+        return _JobState(pieces, [None] * len(pieces))
 
     @staticmethod
     def outputs(job: Job) -> dict[str, np.ndarray]:
@@ -301,6 +361,23 @@ class TorchDevice:
             t = torch.cat(ts) if len(ts) > 1 else ts[0]
             out[name] = t.detach().to("cpu").numpy()
         return out
+
+
+def _batch(job: Job) -> dict[str, np.ndarray]:
+    """The job's inputs: its members' inputs concatenated, writeable for torch."""
+    members = job.members or [job]
+    batch: dict[str, np.ndarray] = {}
+    for name in members[0].payload.inputs:
+        parts = [m.payload.inputs[name] for m in members]
+        arr = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        batch[name] = arr if arr.flags.writeable else arr.copy()
+    return batch
+
+
+def _concat(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    if len(parts) == 1:
+        return parts[0]
+    return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
 
 
 class ResultListener:
