@@ -18,6 +18,7 @@ import orjson
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from runtime import errors
 from runtime.codec import Limits, decode_request, encode_response, error_body
@@ -76,6 +77,24 @@ class RepositoryAccess:
             raise errors.Unauthorized("the model repository API needs a valid bearer token")
 
 
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with ``PayloadTooLarge`` as soon as it passes ``limit``
+    bytes (declared or received): a chunked body is never read past the limit."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise errors.PayloadTooLarge(
+            f"request body is {declared} bytes, more than the limit of {limit}"
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise errors.PayloadTooLarge(f"request body is more than the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def _wait_disconnect(request: Request) -> None:
     while True:
         message = await request.receive()
@@ -116,8 +135,8 @@ def build_router(
 
     @_guard
     async def ready() -> Response:
-        engine.ensure_executor()
-        ok = engine.ready()
+        # a dead executor thread is restarted, and this probe still says it was not ready
+        ok = engine.ensure_executor() and engine.ready()
         return _json({"ready": ok}, 200 if ok else 503)
 
     @_guard
@@ -138,13 +157,10 @@ def build_router(
         request: Request, model_name: str, model_version: str | None = None
     ) -> Response:
         served = engine.model(model_name)
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limits.max_body_bytes:
-            raise errors.PayloadTooLarge(
-                f"request body is {declared} bytes, more than the limit of "
-                f"{limits.max_body_bytes}"
-            )
-        body = await request.body()
+        try:
+            body = await _read_body(request, limits.max_body_bytes)
+        except ClientDisconnect:
+            return error_response("client disconnected", 499)
         headers = {k.lower(): v for k, v in request.headers.items()}
         loop = asyncio.get_running_loop()
         decoded = await loop.run_in_executor(
