@@ -100,9 +100,19 @@ def parse_args(argv: list[str]) -> tuple[RuntimeConfig, list[str]]:
         parser.error(f"--modelmesh_port must be a port number, got {args.modelmesh_port}")
     if args.memory_budget_mb is not None and not args.memory_budget_mb > 0:
         parser.error(f"--memory_budget_mb must be positive, got {args.memory_budget_mb}")
+    if not args.max_body_mb > 0:
+        parser.error(f"--max_body_mb must be positive, got {args.max_body_mb}")
+    if args.max_tensor_elements < 1:
+        parser.error(f"--max_tensor_elements must be positive, got {args.max_tensor_elements}")
     token = None
     if args.repository_api_token_file is not None:
-        token = args.repository_api_token_file.read_text().strip()
+        # a token file that cannot be read, or is empty, must not leave the API open
+        try:
+            token = args.repository_api_token_file.read_text().strip()
+        except OSError as exc:
+            parser.error(f"--repository_api_token_file: {exc}")
+        if not token:
+            parser.error(f"--repository_api_token_file {args.repository_api_token_file} is empty")
     token = token or os.environ.get("DEFT_REPOSITORY_API_TOKEN") or None
     return RuntimeConfig(
         model_dir=args.model_dir,
