@@ -10,12 +10,16 @@ TORCH_INDEX ?=
 PORT        ?= 8080
 POLICY      ?= deft
 QUICK       ?=
+PEER_VENV   ?= .peer-venv
+PYTRITON    ?= nvidia-pytriton==0.7.0
+BENCH_ARGS  ?=
 
 BIN   := $(VENV)/bin
 PY    := $(BIN)/python
 STAMP := $(VENV)/.installed
+PEER_STAMP := $(PEER_VENV)/.installed
 
-.PHONY: all venv test e2e run sim-demo lint bench soak images clean
+.PHONY: all venv test e2e run sim-demo lint bench peer-venv soak images clean
 
 all: test
 
@@ -49,8 +53,24 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+# The evidence suite (e2e/bench/README.md): every Deft policy, plain KServe and Triton
+# (PyTriton, from the peer venv when it can be built) on the same models, one command.
+# QUICK=1: a reduced run (under 2 minutes); BENCH_ARGS: more flags for python -m e2e.bench.
 bench: $(STAMP)
-	$(PY) -m e2e.bench $(if $(QUICK),--quick)
+	@$(MAKE) --no-print-directory peer-venv || \
+	  echo "bench: the Triton peer venv could not be built; Triton rows will be skipped"
+	$(PY) -m e2e.bench $(if $(QUICK),--quick) --peer_python $(PEER_VENV)/bin/python $(BENCH_ARGS)
+
+# Triton (nvidia-pytriton) in a venv of its own: it needs numpy<2, the project numpy>=2.
+$(PEER_STAMP):
+	rm -rf $(PEER_VENV)
+	$(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install -q --upgrade pip
+	$(PEER_VENV)/bin/python -m pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PEER_VENV)/bin/python -m pip install -q "$(PYTRITON)" 'numpy<2' "$(TORCH)"
+	touch $(PEER_STAMP)
+
+peer-venv: $(PEER_STAMP)
 
 soak: $(STAMP)
 	$(PY) -m e2e.soak

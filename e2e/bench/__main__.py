@@ -1,11 +1,11 @@
-"""``make bench``: Deft beside a plain kserve.ModelServer on the demo pair, in one run.
+"""``make bench`` / ``python -m e2e.bench [--quick] [--gpu]``: the evidence suite.
 
-Every system runs as its own process on loopback and is driven by tritonclient:
-1. the detector's sequential round trip alone (its solo p50/p99);
-2. the classifier alone, closed-loop (its solo throughput over HTTP);
-3. both: classifier saturated by closed-loop clients, detector open-loop at a steady rate,
-   with the detector's SLO set to 1.5 x Deft's solo p99 measured in step 1.
-Writes ``results/bench.json`` and ``results/bench.md`` and prints the table.
+Every system (Deft with each policy, a plain kserve.ModelServer, Triton through PyTriton with
+and without priority levels) runs as its own process on loopback, serving the same bench
+models, and is driven through the same mixes (``e2e/bench/workloads/*.json``) by tritonclient.
+Around that: the runtime's profile, the delay predictor against in-process measurements, and
+the simulator replaying the runtime's profiles. Writes ``results/bench.json``, ``bench.md``
+and the plots (see ``e2e/bench/README.md``), and prints the checks.
 """
 
 from __future__ import annotations
@@ -14,21 +14,43 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-import torch
-
-from e2e.bench.load import ClosedLoop, Stream, open_loop, sequential
-from e2e.server import ROOT, RuntimeProcess, free_port
+from e2e.bench import plots, report
+from e2e.bench.driver import MixResult, Phases, run_mix
+from e2e.bench.report import sequence_stats
+from e2e.bench.systems import (
+    ServerProcess,
+    SystemSpec,
+    deft_server,
+    kserve_server,
+    select_systems,
+    triton_server,
+    triton_unavailable,
+)
+from e2e.bench.workload import BenchWorkload, load_bench_workload, to_sim_workload
+from e2e.server import ROOT
 
 RESULTS = ROOT / "e2e" / "bench" / "results"
+WORKLOADS = ROOT / "e2e" / "bench" / "workloads"
+DISB_GPU_MIX = ROOT / "workloads" / "disb-mix.json"
+QUICK_SYSTEMS = "deft,kserve,triton:priority-levels"
+SIM_POLICIES = ("deft", "fifo", "priority", "layer", "fixed:4")
 
 
-def machine() -> str:
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def machine(device: str) -> str:
+    import torch
+
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -37,215 +59,348 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    gpu = torch.cuda.get_device_name(0) if device == "cuda" and torch.cuda.is_available() \
+        else "no GPU"
     return f"{os.cpu_count()} cores ({cpu}), {gpu}, torch {torch.__version__}"
 
 
-def in_process_throughput(model_dir: Path, seconds: float) -> tuple[float, float]:
-    """Classifier batch-8 batches/s and detector batch-1 seconds, torch only, no serving."""
-    cls = torch.export.load(str(model_dir / "classifier" / "model.pt2")).module()
-    det = torch.export.load(str(model_dir / "detector" / "model.pt2")).module()
-    x8 = torch.rand(8, 3, 224, 224)
-    x1 = torch.rand(1, 3, 96, 96)
-    with torch.inference_mode():
-        cls(image=x8)
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            cls(image=x8)
-            n += 1
-        tput = n / (time.perf_counter() - t0)
-        for _ in range(10):
-            det(image=x1)
-        times = []
-        for _ in range(50):
-            t = time.perf_counter()
-            det(image=x1)
-            times.append(time.perf_counter() - t)
-    return tput, float(np.median(times))
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m e2e.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true",
+                   help="the first mix, three systems, short phases (under 2 minutes)")
+    p.add_argument("--gpu", action="store_true",
+                   help="serve on CUDA; adds Deft with stream priorities off; writes under "
+                        "results/gpu/")
+    p.add_argument("--systems", default=None,
+                   help="comma-separated: deft:*, triton, kserve, deft:POLICY, "
+                        f"triton:priority-levels, triton:none (default: all; quick: "
+                        f"{QUICK_SYSTEMS})")
+    p.add_argument("--mixes", default=None,
+                   help="comma-separated workload files or names in e2e/bench/workloads "
+                        "(default: all; quick: the first)")
+    p.add_argument("--peer_python", type=Path, default=ROOT / ".peer-venv" / "bin" / "python",
+                   help="the Python of the Triton peer venv (make peer-venv)")
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--model_dir", type=Path, default=None,
+                   help="bench model repository (default: written under ~/.cache/deft)")
+    p.add_argument("--no_predictor", action="store_true", help="skip predictor accuracy")
+    return p
 
 
-class PlainKServe:
-    """The baseline server process (see ``plain_kserve.py``)."""
-
-    def __init__(self, model_dir: Path, log: Path) -> None:
-        self.http_port, self.grpc_port = free_port(), free_port()
-        self.args = [sys.executable, "-m", "e2e.bench.plain_kserve", "--model_dir", str(model_dir),
-                     "--http_port", str(self.http_port), "--grpc_port", str(self.grpc_port)]
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"127.0.0.1:{self.http_port}"
-
-    def __enter__(self) -> PlainKServe:
-        import httpx
-
-        self.proc = subprocess.Popen(self.args, cwd=ROOT, stdout=open(self.log, "wb"),  # noqa: SIM115
-                                     stderr=subprocess.STDOUT)
-        for _ in range(600):
-            try:
-                if httpx.get(f"http://{self.url}/v2/health/ready", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        raise TimeoutError(self.log.read_text()[-2000:])
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.proc is not None
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
-def summarize(s: Stream, slo_s: float | None = None) -> dict[str, float | int | None]:
-    return {
-        "sent": s.sent, "answered": len(s.latencies), "errors": s.errors,
-        "p50_ms": round(s.p(0.5) * 1e3, 3), "p99_ms": round(s.p(0.99) * 1e3, 3),
-        "slo_attainment": round(s.attainment(slo_s), 4) if slo_s else None,
-    }
-
-
-def run_system(name: str, policy: str, server, args, slo_s: float | None,
-               priorities: Path | None) -> dict:
-    det_x = np.random.default_rng(0).random((1, 3, 96, 96), dtype=np.float32)
-    cls_x = np.random.default_rng(1).random((8, 3, 224, 224), dtype=np.float32)
-    solo = sequential(server.url, "detector", det_x, args.solo_requests)
-    loop = ClosedLoop(server.url, "classifier", cls_x, args.batch_clients).start()
-    time.sleep(args.warm_s)
-    t0 = time.monotonic()
-    time.sleep(args.cls_solo_s)
-    t1 = time.monotonic()
-    loop.stop()
-    cls_solo = loop.throughput(t0, t1)
-    if slo_s is None:
-        slo_s = 1.5 * solo.p(0.99)
-        if priorities is not None:
-            priorities.write_text(
-                "models:\n"
-                f"  detector: {{priority: latency-critical, slo_ms: {slo_s * 1e3:.3f}}}\n"
-                "  classifier: {priority: batch}\n")
-            time.sleep(2.5)  # the runtime polls the file every second
-    loop = ClosedLoop(server.url, "classifier", cls_x, args.batch_clients).start()
-    time.sleep(args.warm_s)
-    t0 = time.monotonic()
-    det = open_loop(server.url, "detector", det_x, args.rate, args.mixed_s)
-    t1 = time.monotonic()
-    loop.stop()
-    cls_mixed = loop.throughput(t0, t1)
-    return {
-        "system": name, "policy": policy, "slo_ms": round(slo_s * 1e3, 3),
-        "detector_solo": summarize(solo),
-        "detector_mixed": summarize(det, slo_s),
-        "classifier_solo_batches_per_s": round(cls_solo, 3),
-        "classifier_mixed_batches_per_s": round(cls_mixed, 3),
-        "classifier_errors": loop.stream.errors,
-    }
-
-
-def table(rows: list[dict]) -> str:
-    out = ["| system | policy | det solo p50 ms | det solo p99 ms | det p50 ms (mixed) | "
-           "det p99 ms (mixed) | SLO ms | SLO met | cls solo b/s | cls mixed b/s |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        m = r["detector_mixed"]
-        out.append(f"| {r['system']} | {r['policy']} | {r['detector_solo']['p50_ms']} | "
-                   f"{r['detector_solo']['p99_ms']} | {m['p50_ms']} | {m['p99_ms']} | "
-                   f"{r['slo_ms']} | {100 * (m['slo_attainment'] or 0):.1f}% | "
-                   f"{r['classifier_solo_batches_per_s']} | {r['classifier_mixed_batches_per_s']} |")
-    return "\n".join(out)
-
-
-def checks(rows: list[dict], compute_tput: float, det_compute_s: float, rate: float) -> list[dict]:
-    by = {(r["system"], r["policy"]): r for r in rows}
-    deft = by.get(("deft", "deft"))
-    plain = by.get(("kserve", "-"))
+def find_mixes(spec: str | None, quick: bool) -> list[Path]:
+    every = sorted(WORKLOADS.glob("*.json"))
+    if not spec:
+        return every[:1] if quick else every
     out = []
-    if deft:
-        m = deft["detector_mixed"]
-        out.append({"check": "deft meets the detector SLO (1.5 x solo p99) for >= 99%",
-                    "value": m["slo_attainment"], "pass": (m["slo_attainment"] or 0) >= 0.99})
-        share = max(0.0, 1.0 - rate * det_compute_s)
-        want = 0.85 * deft["classifier_solo_batches_per_s"] * share
-        out.append({"check": "classifier throughput under load >= 85% x solo x device share "
-                             f"left ({share:.3f})",
-                    "value": round(deft["classifier_mixed_batches_per_s"] / max(want / 0.85, 1e-9), 3),
-                    "pass": deft["classifier_mixed_batches_per_s"] >= want})
-        ratio = deft["classifier_solo_batches_per_s"] / compute_tput
-        out.append({"check": "classifier solo throughput over HTTP >= 90% of in-process compute",
-                    "value": round(ratio, 3), "pass": ratio >= 0.9})
-    if deft and plain:
-        r = plain["detector_mixed"]["p99_ms"] / deft["detector_mixed"]["p99_ms"]
-        out.append({"check": "plain kserve detector p99 under load >= 20 x deft's",
-                    "value": round(r, 1), "pass": r >= 20})
-        r = plain["detector_solo"]["p50_ms"] / deft["detector_solo"]["p50_ms"]
-        out.append({"check": "detector sequential round trip >= 3 x faster than plain kserve",
-                    "value": round(r, 2), "pass": r >= 3})
+    for name in (n.strip() for n in spec.split(",") if n.strip()):
+        path = Path(name)
+        if not path.is_file():
+            hits = [p for p in every if p.stem == name or p.stem.split("-", 1)[-1] == name]
+            if not hits:
+                raise SystemExit(f"no mix {name!r}; choose from {[p.stem for p in every]}")
+            path = hits[0]
+        out.append(path)
+    return out
+
+
+def profile_models(model_dir: Path, out: Path, cache: Path, device: str, quick: bool) -> dict:
+    """``python -m runtime profile`` into a fresh cache that every Deft server then uses."""
+    repeats = "2" if quick else "5"
+    cmd = [sys.executable, "-m", "runtime", "profile", "--model_dir", str(model_dir),
+           "--out", str(out), "--cache_dir", str(cache / "profiles"), "--device", device,
+           "--repeats", repeats, "--warmup", "1"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        raise RuntimeError(f"profiling failed:\n{done.stderr[-3000:]}")
+    return json.loads(out.read_text())
+
+
+class DeftPriorities:
+    """Writes Deft's priorities file for a mix's SLOs and waits until the runtime has read
+    it (it polls every 0.2 s here)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.write_text("models: {}\n")
+
+    def __call__(self, wl: BenchWorkload, slos: dict[int, float]) -> None:
+        lines = ["models:"]
+        seen: dict[str, float] = {}
+        for s in wl.latency_critical:
+            if s.index in slos:
+                seen[s.model] = min(slos[s.index], seen.get(s.model, float("inf")))
+        for model, slo in seen.items():
+            lines.append(f"  {model}: {{priority: latency-critical, slo_ms: {slo:.3f}}}")
+        self.path.write_text("\n".join(lines if seen else ["models: {}"]) + "\n")
+        time.sleep(0.7)
+
+
+def start_system(spec: SystemSpec, model_dir: Path, specs: dict, logs: Path, cache: Path,
+                 peer_python: Path, device: str) -> tuple[ServerProcess, DeftPriorities | None]:
+    slug = spec.label.replace(":", "-").replace("/", "-")
+    models = list(specs)
+    if spec.system == "deft":
+        prio = DeftPriorities(logs / f"priorities-{slug}.yaml")
+        server = deft_server(model_dir, spec.policy, prio.path, logs / f"{slug}.log", models,
+                             device=device, same_stream=bool(spec.variant))
+        server.env["DEFT_CACHE_DIR"] = str(cache)
+        return server, prio
+    if spec.system == "kserve":
+        return kserve_server(model_dir, logs / f"{slug}.log", models, device), None
+    levels = 2 if spec.policy == "priority-levels" else 0
+    return triton_server(peer_python, specs, levels, logs / f"{slug}.log", device), None
+
+
+def run_system(spec: SystemSpec, server: ServerProcess, prio: DeftPriorities | None,
+               mixes: list[BenchWorkload], specs: dict, phases: Phases,
+               slos: dict[str, dict[int, float]]) -> tuple[dict[str, Any], list[MixResult]]:
+    entry: dict[str, Any] = {"system": spec.system, "policy": spec.policy, "label": spec.label,
+                             "variant": spec.variant, "startup_s": round(server.started_s, 1),
+                             "probe": {}, "mixes": []}
+    results = []
+    for i, wl in enumerate(mixes):
+        ref = None if spec.reference else slos.get(wl.name)
+        res = run_mix(server.url, wl, specs, phases, send_priority=spec.priorities,
+                      reference_slo_ms=ref, apply_slos=prio, probe=(i == 0), log=log)
+        if spec.reference or wl.name not in slos:
+            slos.setdefault(wl.name, {k: v for k, v in res.slo_ms.items()})
+        entry["mixes"].append({"mix": wl.name, "seconds": round(res.seconds, 1),
+                               "streams": [m.summary() for m in res.streams]})
+        for model, st in res.probe.items():
+            entry["probe"][model] = sequence_stats(st.latencies)
+        results.append(res)
+    return entry, results
+
+
+def simulator_section(mixes: list[BenchWorkload], profile: dict, slos: dict, costs: tuple,
+                      runs: list[dict], raw: Path, quick: bool) -> dict[str, Any]:
+    from e2e.bench.accuracy import fixed_k_sweep, simulate_mix
+
+    device = {"launch_overhead_us": costs[0], "sync_overhead_us": costs[1]}
+    deft_runs = {r["policy"]: r for r in runs if r["system"] == "deft" and not r["variant"]}
+    out: dict[str, Any] = {"costs_us": device, "replay": {}, "sweeps": {}}
+    sim_files = {}
+    for wl in mixes:
+        mix_slos = slos.get(wl.name)
+        if mix_slos is None:
+            continue
+        profiles = {name: m["profile"] for name, m in profile["models"].items()}
+        sim_wl = to_sim_workload(wl, profiles, mix_slos, device)
+        path = raw / f"sim-{wl.name}.json"
+        path.write_text(json.dumps(sim_wl, indent=1) + "\n")
+        sim_files[wl.name] = sim_wl
+        policies = [p for p in SIM_POLICIES if p in deft_runs] or ["deft"]
+        lane = device == "cpu" and "deft" in deft_runs
+        sim = simulate_mix(sim_wl, policies + (["layer"] if lane and "layer" not in policies
+                                               else []))
+        lc_index = next(s.index for s in wl.streams if s.latency_critical)
+        measured = {}
+        rows = []
+        for policy, run in deft_runs.items():
+            st = report.lc_stream(run, wl.name)
+            if st is not None:
+                measured[policy] = st
+        for policy in policies:
+            st = measured.get(policy)
+            sim_solo = sim["solo_p50_ms"].get(lc_index)
+            transport = (st["solo_p50_ms"] - sim_solo) if st and st.get("solo_p50_ms") \
+                is not None and sim_solo is not None else None
+            rows += report.replay_rows({policy: sim["policies"][policy]}, measured, transport,
+                                       lc_index)
+            if lane and policy == "deft":
+                # On a CPU the runtime's lane runs latency-critical jobs on their own thread
+                # and batch work yields at every unit boundary, whatever the plan: closest to
+                # the simulator's `layer`. Shown beside the strict same-policy comparison.
+                rows += [dict(r, policy="deft (CPU lane as layer)") for r in
+                         report.replay_rows({"deft": sim["policies"]["layer"]}, measured,
+                                            transport, lc_index)]
+        out["replay"][wl.name] = {"workload": str(path.relative_to(ROOT)) if
+                                  path.is_relative_to(ROOT) else str(path), "rows": rows,
+                                  "simulated": sim["policies"]}
+        log(f"  simulator {wl.name}: " + ", ".join(
+            f"{r['policy']} {r['sim_p99_ms']}+{r['transport_ms']} vs {r['measured_p99_ms']} ms"
+            for r in rows))
+    if sim_files:
+        first = next(iter(sim_files))
+        out["sweeps"][f"runtime profiles ({first})"] = fixed_k_sweep(sim_files[first])
+    if DISB_GPU_MIX.is_file():
+        disb = json.loads(DISB_GPU_MIX.read_text())
+        disb["duration_s"] = 4 if quick else 10
+        out["sweeps"]["DISB kernel statistics (workloads/disb-mix.json, GPU costs)"] = \
+            fixed_k_sweep(disb)
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m e2e.bench")
-    p.add_argument("--quick", action="store_true", help="shorter phases (about 2 minutes)")
-    p.add_argument("--systems", default="deft,fifo,priority,kserve")
-    p.add_argument("--out", type=Path, default=RESULTS)
-    args = p.parse_args(argv)
-    quick = args.quick
-    args.solo_requests = 100 if quick else 300
-    args.batch_clients = 2
-    args.warm_s = 2.0 if quick else 3.0
-    args.cls_solo_s = 6.0 if quick else 15.0
-    args.mixed_s = 8.0 if quick else 25.0
-    args.rate = 20.0
-    args.out.mkdir(parents=True, exist_ok=True)
+    args = _parser().parse_args(argv)
+    began = time.monotonic()
+    quick, gpu = args.quick, args.gpu
+    device = "cuda" if gpu else "cpu"
+    out: Path = args.out or (RESULTS / "gpu" if gpu else RESULTS)
+    raw, logs, cache = out / "raw", out / "logs", out / "cache"
+    for d in (out, raw, logs):
+        d.mkdir(parents=True, exist_ok=True)
+    # A fresh profile every full run: a profile cached while the machine was busy would
+    # mislead the runtime, the predictor and the simulator alike. Quick runs reuse the last.
+    reuse = quick and (cache / "profiles").is_dir() and (raw / "profile.json").is_file()
+    if not reuse:
+        shutil.rmtree(cache, ignore_errors=True)
+        cache.mkdir()
+    try:
+        default = QUICK_SYSTEMS + (",deft:deft/same-stream" if gpu else "") if quick \
+            else "deft:*,kserve,triton"
+        systems = select_systems(args.systems or default, gpu)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    mixes = [load_bench_workload(p) for p in find_mixes(args.mixes, quick)]
+    phases = Phases(solo_s=2.5, batch_only_s=2.5, warm_s=1.0, mixed_scale=0.4,
+                    probe_requests=30, lc_timeout_s=10.0) if quick else Phases()
 
-    from runtime.demo import write_demo_repository
+    from e2e.bench.models import model_specs, write_bench_repository
 
-    model_dir = write_demo_repository(Path.home() / ".cache" / "deft" / f"demo-{torch.__version__}")
-    compute_tput, det_compute = in_process_throughput(model_dir, 5.0 if quick else 10.0)
-    print(f"in-process: classifier {compute_tput:.2f} batches/s of 8, "
-          f"detector {det_compute * 1e3:.2f} ms", flush=True)
-    rows: list[dict] = []
-    slo_s: float | None = None
-    logs = args.out / "logs"
-    logs.mkdir(exist_ok=True)
-    for system in args.systems.split(","):
-        t = time.perf_counter()
-        if system == "kserve":
-            with PlainKServe(model_dir, logs / "kserve.log") as server:
-                rows.append(run_system("kserve", "-", server, args, slo_s, None))
-        else:
-            prio = args.out / f"priorities-{system}.yaml"
-            prio.write_text("models:\n  detector: {priority: latency-critical, slo_ms: 1000}\n")
-            if slo_s is not None:
-                prio.write_text("models:\n  detector: {priority: latency-critical, "
-                                f"slo_ms: {slo_s * 1e3:.3f}}}\n")
-            with RuntimeProcess("--model_dir", str(model_dir), "--policy", system,
-                                "--priority_config", str(prio),
-                                log_path=logs / f"deft-{system}.log") as server:
-                rows.append(run_system("deft", system, server, args, slo_s, prio))
-            prio.unlink()
-        slo_s = rows[-1]["slo_ms"] / 1e3
-        print(f"{system}: done in {time.perf_counter() - t:.0f} s", flush=True)
-    result = {
-        "machine": machine(),
-        "in_process": {"classifier_batches_per_s": round(compute_tput, 3),
-                       "detector_ms": round(det_compute * 1e3, 3)},
-        "detector_rate_per_s": args.rate,
+    model_dir = args.model_dir or write_bench_repository()
+    specs = model_specs(model_dir)
+    for wl in mixes:
+        missing = sorted(set(wl.models) - set(specs))
+        if missing:
+            print(f"error: mix {wl.name} names models not in {model_dir}: {missing}",
+                  file=sys.stderr)
+            return 2
+    log(f"bench: {len(systems)} systems x {len(mixes)} mixes on {device}, models in "
+        f"{model_dir}")
+
+    t = time.monotonic()
+    profile = json.loads((raw / "profile.json").read_text()) if reuse else \
+        profile_models(model_dir, raw / "profile.json", cache, device, quick)
+    note = ", reused from the last run" if reuse else ""
+    log(f"profile: {', '.join(profile['models'])} ({time.monotonic() - t:.0f} s{note})")
+    predictor: dict[str, Any] = {}
+    if not args.no_predictor:
+        from e2e.bench.accuracy import predictor_accuracy
+
+        t = time.monotonic()
+        predictor = predictor_accuracy(
+            model_dir, repeats=2 if quick else 5, preemption_jobs=1 if quick else 4,
+            batch_sizes=(lambda name, s: [s[-1]]) if quick else None,
+            cache_dir=cache / "profiles", device=device, log=log)
+        log(f"predictor: median error {predictor['median_error']} "
+            f"({time.monotonic() - t:.0f} s)")
+
+    runs: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    slos: dict[str, dict[int, float]] = {}
+    latencies: dict[str, dict[str, list[float]]] = {wl.name: {} for wl in mixes}
+    triton_reason = triton_unavailable(args.peer_python) \
+        if any(s.system == "triton" for s in systems) else None
+    if triton_reason:
+        log(f"triton: skipped: {triton_reason}")
+    for spec in systems:
+        if spec.system == "triton" and triton_reason:
+            skipped.append({"label": spec.label, "reason": triton_reason})
+            continue
+        t = time.monotonic()
+        log(f"{spec.label}: starting")
+        try:
+            server, prio = start_system(spec, model_dir, specs, logs, cache, args.peer_python,
+                                        device)
+            with server:
+                log(f"{spec.label}: ready in {server.started_s:.1f} s")
+                entry, results = run_system(spec, server, prio, mixes, specs, phases, slos)
+        except (RuntimeError, TimeoutError, OSError) as exc:
+            log(f"{spec.label}: FAILED: {str(exc)[-1500:]}")
+            skipped.append({"label": spec.label, "reason": f"failed: {str(exc)[-300:]}"})
+            continue
+        runs.append(entry)
+        for res in results:
+            lc = next((m for m in res.streams if m.priority == "latency-critical"), None)
+            if lc is not None:
+                latencies[res.mix][spec.label] = [round(x * 1e3, 3) for x in lc.latencies_s]
+        log(f"{spec.label}: done in {time.monotonic() - t:.0f} s")
+
+    costs = (predictor.get("costs_us", {}).get("launch"), predictor.get("costs_us", {})
+             .get("sync")) if predictor else None
+    if costs is None or None in costs:
+        from e2e.bench.accuracy import runtime_costs_us
+
+        costs = runtime_costs_us(device)
+    t = time.monotonic()
+    simulator = simulator_section(mixes, profile, slos, costs, runs, raw, quick)
+    log(f"simulator: {time.monotonic() - t:.0f} s")
+
+    legacy: dict[str, Any] = {}
+    inf = {(r["model"], r["batch_size"], r["plan"]): r for r in predictor.get("inference", [])}
+    primary = mixes[0]
+    lc0 = next((s for s in primary.streams if s.latency_critical), None)
+    det = inf.get((lc0.model, lc0.batch_size, "one chunk")) if lc0 else None
+    if det and lc0 and lc0.arrival.type in ("poisson", "periodic"):
+        legacy["device_share_left"] = round(
+            max(0.0, 1.0 - lc0.arrival.rate_per_s * det["measured_ms"] / 1e3), 4)
+    b0 = next((s for s in primary.streams if not s.latency_critical), None)
+    cls = inf.get((b0.model, b0.batch_size, "one chunk")) if b0 else None
+    if cls and b0:
+        legacy["classifier_in_process_items_per_s"] = round(
+            b0.batch_size / (cls["measured_ms"] / 1e3), 3)
+
+    result: dict[str, Any] = {
+        "machine": machine(device),
+        "device": device,
+        "gpu": gpu,
         "quick": quick,
-        "systems": rows,
-        "checks": checks(rows, compute_tput, det_compute, args.rate),
+        "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "mixes": [{"name": wl.name, "description": wl.description, "duration_s": wl.duration_s,
+                   "mixed_s": wl.duration_s * phases.mixed_scale,
+                   "streams": [s.describe() for s in wl.streams],
+                   "slo_ms": {str(k): v for k, v in slos.get(wl.name, {}).items()}}
+                  for wl in mixes],
+        "phases": {"solo_s": phases.solo_s, "batch_only_s": phases.batch_only_s,
+                   "warm_s": phases.warm_s, "mixed_scale": phases.mixed_scale},
+        "systems": runs,
+        "skipped": skipped,
+        "legacy": legacy,
+        "predictor": predictor,
+        "simulator": simulator,
     }
-    (args.out / "bench.json").write_text(json.dumps(result, indent=1) + "\n")
-    md = [f"Machine: {result['machine']}", "", table(rows), "",
-          "| check | value | pass |", "|---|---|---|"]
-    md += [f"| {c['check']} | {c['value']} | {'yes' if c['pass'] else 'NO'} |"
-           for c in result["checks"]]
-    (args.out / "bench.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    result["checks"] = report.checks(result)
+    result["plots"] = make_plots(out, result, latencies)
+    result["seconds"] = round(time.monotonic() - began, 1)
+    (raw / "latencies.json").write_text(json.dumps(latencies))
+    (out / "bench.json").write_text(json.dumps(result, indent=1) + "\n")
+    md = report.markdown(result)
+    (out / "bench.md").write_text(md)
+    log("")
+    log(md.split("## Mixes")[0])
+    log("\n".join(md.split("## Mixes")[1:2]).split("## Predictor")[0][:6000])
+    log(f"bench: wrote {out / 'bench.json'}, {out / 'bench.md'} and "
+        f"{len(result['plots'])} plots in {result['seconds']:.0f} s")
     return 0
+
+
+def make_plots(out: Path, result: dict[str, Any], latencies: dict) -> list[str]:
+    written = []
+    slo = {}
+    for m in result["mixes"]:
+        if m["slo_ms"]:
+            slo[m["name"]] = min(m["slo_ms"].values())
+    cdfs = {mix: v for mix, v in latencies.items() if v}
+    if cdfs:
+        written.append(plots.lc_cdfs(cdfs, slo, out / "lc_cdf.png"))
+    sweeps = (result.get("simulator") or {}).get("sweeps") or {}
+    if sweeps:
+        written.append(plots.fixed_k_tradeoff(sweeps, out / "fixed_k_tradeoff.png"))
+    retained = {}
+    for run in result["systems"]:
+        retained[run["label"]] = {}
+        for m in run["mixes"]:
+            mixed = report.batch_items_per_s(run, m["mix"])
+            alone = report.batch_items_per_s(run, m["mix"], solo=True)
+            retained[run["label"]][m["mix"]] = mixed / alone if mixed and alone else None
+    if retained:
+        written.append(plots.batch_retained(retained, out / "batch_retained.png"))
+    rows = (result.get("predictor") or {}).get("inference")
+    if rows:
+        written.append(plots.predictor_scatter(rows, out / "predictor.png"))
+    return [p.name for p in written]
 
 
 if __name__ == "__main__":

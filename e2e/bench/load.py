@@ -40,19 +40,25 @@ class Stream:
         return sum(1 for x in self.latencies if x <= slo_s) / self.sent
 
 
+def _infer_kwargs(priority: int) -> dict[str, int]:
+    # tritonclient's request-level priority (1 = highest); 0 sends nothing
+    return {"priority": priority} if priority else {}
+
+
 def sequential(url: str, model: str, x: np.ndarray, n: int, input_name: str = "image",
-               warmup: int = 5) -> Stream:
+               warmup: int = 5, priority: int = 0) -> Stream:
     """``n`` round trips one after another."""
     client = httpclient.InferenceServerClient(url, network_timeout=120)
     inp = make_input(input_name, x)
+    kw = _infer_kwargs(priority)
     for _ in range(warmup):
-        client.infer(model, [inp])
+        client.infer(model, [inp], **kw)
     out = Stream()
     for _ in range(n):
         t = time.perf_counter()
         out.sent += 1
         try:
-            client.infer(model, [inp])
+            client.infer(model, [inp], **kw)
             out.latencies.append(time.perf_counter() - t)
         except Exception:  # noqa: BLE001
             out.errors += 1
@@ -60,18 +66,20 @@ def sequential(url: str, model: str, x: np.ndarray, n: int, input_name: str = "i
 
 
 def _closed_loop_worker(url: str, model: str, x: np.ndarray, clients: int, input_name: str,
-                       stop: Any, results: Any) -> None:
+                       stop: Any, results: Any, priority: int = 0, grace_s: float = 60.0,
+                       timeout_s: float = 300.0) -> None:
     done: list[tuple[float, float]] = []
     errors = [0]
     lock = threading.Lock()
 
     def run() -> None:
-        client = httpclient.InferenceServerClient(url, network_timeout=300)
+        client = httpclient.InferenceServerClient(url, network_timeout=timeout_s)
         inp = make_input(input_name, x)
+        kw = _infer_kwargs(priority)
         while not stop.is_set():
             t = time.monotonic()
             try:
-                client.infer(model, [inp])
+                client.infer(model, [inp], **kw)
                 with lock:
                     done.append((time.monotonic(), time.monotonic() - t))
             except Exception:  # noqa: BLE001
@@ -81,24 +89,31 @@ def _closed_loop_worker(url: str, model: str, x: np.ndarray, clients: int, input
     threads = [threading.Thread(target=run, daemon=True) for _ in range(clients)]
     for t in threads:
         t.start()
+    stop.wait()
+    # requests still in flight after the grace period are abandoned (not counted)
+    deadline = time.monotonic() + grace_s
     for t in threads:
-        t.join()
-    results.put((done, errors[0]))
+        t.join(max(0.0, deadline - time.monotonic()))
+    with lock:
+        results.put((list(done), errors[0]))
 
 
 class ClosedLoop:
     """``clients`` threads, each sending the next request when the last one returns. They run
     in a process of their own, so their encoding work does not share a GIL with the
-    latency-critical client being measured."""
+    latency-critical client being measured. ``stop`` waits at most ``grace_s`` for requests
+    in flight; ``timeout_s`` bounds one request."""
 
     def __init__(self, url: str, model: str, x: np.ndarray, clients: int,
-                 input_name: str = "image") -> None:
+                 input_name: str = "image", priority: int = 0, grace_s: float = 60.0,
+                 timeout_s: float = 300.0) -> None:
         ctx = mp.get_context("spawn")
         self._stop = ctx.Event()
         self._results = ctx.Queue()
         self._proc = ctx.Process(
             target=_closed_loop_worker,
-            args=(url, model, x, clients, input_name, self._stop, self._results),
+            args=(url, model, x, clients, input_name, self._stop, self._results, priority,
+                  grace_s, timeout_s),
             daemon=True,
         )
         self.stream = Stream()
@@ -112,6 +127,7 @@ class ClosedLoop:
         self._stop.set()
         done, errors = self._results.get(timeout=600)
         self._proc.join(60)
+        done.sort()
         self.completed_at = [t for t, _ in done]
         self.stream.latencies = [lat for _, lat in done]
         self.stream.errors = errors
@@ -121,20 +137,39 @@ class ClosedLoop:
         """Completions per second between monotonic times ``t0`` and ``t1`` (after stop)."""
         return sum(1 for t in self.completed_at if t0 <= t <= t1) / (t1 - t0)
 
+    def window(self, t0: float, t1: float) -> list[float]:
+        """Latencies (s) of the requests completed between monotonic ``t0`` and ``t1``."""
+        return [lat for t, lat in zip(self.completed_at, self.stream.latencies, strict=True)
+                if t0 <= t <= t1]
+
 
 def open_loop(url: str, model: str, x: np.ndarray, rate_per_s: float, duration_s: float,
-              input_name: str = "image", workers: int = 32) -> Stream:
+              input_name: str = "image", workers: int = 32, priority: int = 0) -> Stream:
     """Requests at a steady rate for ``duration_s``; latency from each scheduled send."""
+    n = int(duration_s * rate_per_s)
+    return open_loop_at(url, model, x, [i / rate_per_s for i in range(n)], input_name,
+                        workers, priority)
+
+
+def open_loop_at(url: str, model: str, x: np.ndarray, offsets_s: list[float],
+                 input_name: str = "image", workers: int = 64, priority: int = 0,
+                 start: float | None = None, timeout_s: float = 120.0) -> Stream:
+    """One request at each offset (seconds after ``start``, a ``time.perf_counter`` value;
+    default: now); latency from each scheduled send, so a server that falls behind shows
+    its queueing. Returns when every request has been answered or has failed; a request
+    not answered within ``timeout_s`` counts as an error."""
     out = Stream()
     lock = threading.Lock()
     local = threading.local()
+    kw = _infer_kwargs(priority)
 
     def one(scheduled: float) -> None:
         if not hasattr(local, "client"):
-            local.client = httpclient.InferenceServerClient(url, network_timeout=120)
+            local.client = httpclient.InferenceServerClient(
+                url, network_timeout=timeout_s, connection_timeout=timeout_s)
             local.inp = make_input(input_name, x)
         try:
-            local.client.infer(model, [local.inp])
+            local.client.infer(model, [local.inp], **kw)
             lat = time.perf_counter() - scheduled
             with lock:
                 out.latencies.append(lat)
@@ -142,11 +177,10 @@ def open_loop(url: str, model: str, x: np.ndarray, rate_per_s: float, duration_s
             with lock:
                 out.errors += 1
 
-    n = int(duration_s * rate_per_s)
     with ThreadPoolExecutor(workers) as pool:
-        start = time.perf_counter() + 0.05
-        for i in range(n):
-            scheduled = start + i / rate_per_s
+        begin = (time.perf_counter() + 0.05) if start is None else start
+        for offset in offsets_s:
+            scheduled = begin + offset
             delay = scheduled - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)

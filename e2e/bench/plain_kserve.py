@@ -1,7 +1,7 @@
 """A plain kserve.ModelServer serving the same models the usual way: one ``kserve.Model`` per
 model whose ``predict`` runs the torch forward pass. The baseline Deft is compared with.
 
-``python -m e2e.bench.plain_kserve --model_dir DIR --http_port N --grpc_port M``
+``python -m e2e.bench.plain_kserve --model_dir DIR --http_port N --grpc_port M [--device cuda]``
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ def main() -> int:
     p.add_argument("--model_dir", type=Path, required=True)
     p.add_argument("--http_port", type=int, required=True)
     p.add_argument("--grpc_port", type=int, required=True)
+    p.add_argument("--device", default="cpu")
     args, _ = p.parse_known_args()
     sys.argv = [sys.argv[0], "--http_port", str(args.http_port), "--grpc_port", str(args.grpc_port)]
 
@@ -26,12 +27,17 @@ def main() -> int:
     class TorchModel(kserve.Model):  # type: ignore[misc]
         def __init__(self, name: str, path: Path) -> None:
             super().__init__(name)
-            self.module = torch.export.load(str(path)).module()
+            program = torch.export.load(str(path))
+            if args.device != "cpu":
+                from torch.export.passes import move_to_device_pass
+
+                program = move_to_device_pass(program, args.device)
+            self.module = program.module()
             self.ready = True
 
         def predict(self, payload: InferRequest, headers=None, response_headers=None):
             first = payload.inputs[0]
-            x = torch.from_numpy(first.as_numpy())
+            x = torch.from_numpy(first.as_numpy()).to(args.device)
             with torch.inference_mode():
                 out = self.module(**{first.name: x})
             if isinstance(out, torch.Tensor):
@@ -40,7 +46,7 @@ def main() -> int:
                 out = tuple(out.values())
             outputs = []
             for i, t in enumerate(out):
-                arr = t.numpy()
+                arr = t.detach().cpu().numpy()
                 o = InferOutput(f"output_{i}", list(arr.shape), "FP32")
                 o.set_data_from_numpy(arr, binary_data=True)
                 outputs.append(o)

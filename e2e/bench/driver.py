@@ -1,0 +1,202 @@
+"""Drives one mix (a bench workload) against one running server with real clients.
+
+Phases, on the same server, in this order:
+
+1. *probe* (the first mix only): sequential round trips of each latency-critical model;
+2. *solo*: each latency-critical stream alone, open-loop with its own arrival times, for
+   ``solo_s``: its solo p50/p99 on this system;
+3. the SLOs are fixed: absolute ones as given, ``solo_p99_factor`` ones from the reference
+   system's solo p99 (``slo_ms`` passed in) or, on the reference system, from step 2;
+   ``apply_slos`` hands them to the server (Deft reads them from its priorities file);
+4. *batch-only*: the batch streams' closed-loop clients start; after ``warm_s`` their
+   completions during ``batch_only_s`` give each batch stream's solo throughput and p99;
+5. *mixed*: the latency-critical streams start while the batch clients keep going, for the
+   mix's ``duration_s`` x ``mixed_scale``.
+
+Latency-critical requests carry tritonclient's ``priority=1`` on systems that take it; batch
+requests carry none (the model's default level).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from e2e.bench.load import ClosedLoop, Stream, open_loop_at, sequential
+from e2e.bench.stats import Measured, percentile
+from e2e.bench.workload import BenchStream, BenchWorkload, arrival_offsets
+
+LC_PRIORITY = 1  # tritonclient's highest request-level priority
+
+
+@dataclass(frozen=True)
+class Phases:
+    solo_s: float = 5.0
+    batch_only_s: float = 4.0
+    warm_s: float = 1.5
+    mixed_scale: float = 1.0
+    probe_requests: int = 100
+    lc_timeout_s: float = 20.0  # an LC request unanswered by then is an error (a miss)
+    batch_grace_s: float = 3.0  # batch requests still in flight this long after the end
+
+
+@dataclass
+class MixResult:
+    mix: str
+    streams: list[Measured]
+    slo_ms: dict[int, float]
+    mixed_s: float
+    probe: dict[str, Stream] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def make_input(spec: Mapping, batch_size: int, seed: int) -> tuple[str, np.ndarray]:
+    """The first input of a model spec (``e2e.bench.models.model_specs``) as a random FP32
+    array with ``batch_size`` rows."""
+    first = spec["inputs"][0]
+    shape = [batch_size if i == 0 and d == -1 else max(int(d), 1)
+             for i, d in enumerate(first["shape"])]
+    if first.get("datatype", "FP32") != "FP32":
+        raise ValueError(f"model {spec['name']}: only FP32 inputs are driven, "
+                         f"got {first['datatype']}")
+    return first["name"], np.random.default_rng(seed).random(shape, dtype=np.float32)
+
+
+def resolve_slos(wl: BenchWorkload, solo_p99_ms: Mapping[int, float]) -> dict[int, float]:
+    """Every stream's SLO in ms where it has one (index -> ms); factor SLOs from
+    ``solo_p99_ms`` (index -> the reference's solo p99), left out where that is missing."""
+    out: dict[int, float] = {}
+    for s in wl.streams:
+        if s.slo.ms is not None:
+            out[s.index] = s.slo.ms
+        elif s.slo.solo_p99_factor is not None and solo_p99_ms.get(s.index) is not None:
+            value = s.slo.resolve(solo_p99_ms[s.index])
+            if value is not None:
+                out[s.index] = value
+    return out
+
+
+def _label(s: BenchStream) -> str:
+    return s.describe()
+
+
+def run_mix(
+    url: str,
+    wl: BenchWorkload,
+    specs: Mapping[str, Mapping],
+    phases: Phases,
+    *,
+    send_priority: bool,
+    reference_slo_ms: Mapping[int, float] | None,
+    apply_slos: Callable[[BenchWorkload, Mapping[int, float]], None] | None = None,
+    probe: bool = False,
+    log: Callable[[str], None] = print,
+) -> MixResult:
+    """Run the phases above; ``reference_slo_ms`` None means this system sets the SLOs."""
+    began = time.monotonic()
+    inputs = {s.index: make_input(specs[s.model], s.batch_size, 100 + s.index)
+              for s in wl.streams}
+    prio = LC_PRIORITY if send_priority else 0
+    measured = {s.index: Measured(s.model, s.priority.value, s.batch_size, _label(s))
+                for s in wl.streams}
+    result = MixResult(wl.name, [measured[s.index] for s in wl.streams], {}, 0.0)
+
+    # warm every model (first requests open connections and touch lazily built state)
+    for s in wl.streams:
+        name, x = inputs[s.index]
+        sequential(url, s.model, x, 0, name, warmup=2,
+                   priority=prio if s.latency_critical else 0)
+    if probe:
+        for s in wl.latency_critical:
+            if s.model not in result.probe:
+                name, x = inputs[s.index]
+                result.probe[s.model] = sequential(url, s.model, x, phases.probe_requests,
+                                                   name, priority=prio)
+
+    solo_p99: dict[int, float] = {}
+    for s in wl.latency_critical:
+        name, x = inputs[s.index]
+        offsets = arrival_offsets(s.arrival, phases.solo_s, wl.seed, s.index)
+        st = open_loop_at(url, s.model, x, offsets, name, priority=prio,
+                          timeout_s=phases.lc_timeout_s)
+        measured[s.index].solo_latencies_s = st.latencies
+        measured[s.index].solo_window_s = phases.solo_s
+        if st.latencies:
+            solo_p99[s.index] = 1000.0 * percentile(st.latencies, 0.99)
+    slos = resolve_slos(wl, solo_p99) if reference_slo_ms is None else dict(reference_slo_ms)
+    for s in wl.latency_critical:
+        measured[s.index].slo_ms = slos.get(s.index)
+    if apply_slos is not None:
+        apply_slos(wl, slos)
+    # settle: on a server that fell behind, wait until it answers a fresh request again
+    for s in wl.latency_critical[:1]:
+        name, x = inputs[s.index]
+        sequential(url, s.model, x, 0, name, warmup=1, priority=prio)
+
+    loops: dict[int, ClosedLoop] = {}
+    for s in wl.batch:
+        name, x = inputs[s.index]
+        clients = s.arrival.clients if s.arrival.type == "closed" else 1
+        loops[s.index] = ClosedLoop(url, s.model, x, clients, name,
+                                    grace_s=phases.batch_grace_s).start()
+    mixed_s = wl.duration_s * phases.mixed_scale
+    try:
+        if loops:
+            time.sleep(phases.warm_s)
+        t0 = time.monotonic()
+        if loops:
+            time.sleep(phases.batch_only_s)
+        t1 = time.monotonic()
+        start = time.perf_counter() + 0.05
+        streams: dict[int, Stream] = {}
+
+        def lc(s: BenchStream) -> None:
+            name, x = inputs[s.index]
+            offsets = arrival_offsets(s.arrival, mixed_s, wl.seed, s.index)
+            streams[s.index] = open_loop_at(url, s.model, x, offsets, name, priority=prio,
+                                            start=start, timeout_s=phases.lc_timeout_s)
+
+        threads = [threading.Thread(target=lc, args=(s,)) for s in wl.latency_critical]
+        for t in threads:
+            t.start()
+        if not threads:
+            time.sleep(mixed_s + 0.05)
+        for t in threads:
+            t.join()
+        t1m = t1 + 0.05
+        t2 = t1m + mixed_s
+        if loops and time.monotonic() < t2:
+            time.sleep(t2 - time.monotonic())
+    finally:
+        for loop in loops.values():
+            loop.stop()
+    for i, st in streams.items():
+        m = measured[i]
+        m.latencies_s, m.sent, m.errors, m.window_s = st.latencies, st.sent, st.errors, mixed_s
+    for i, loop in loops.items():
+        m = measured[i]
+        m.solo_latencies_s = loop.window(t0, t1)
+        m.solo_window_s = t1 - t0
+        m.latencies_s = loop.window(t1m, t2)
+        m.window_s = t2 - t1m
+        m.sent = len(m.latencies_s)
+        m.errors = loop.stream.errors
+        s = wl.streams[i]
+        if i not in slos and s.slo.solo_p99_factor is not None and m.solo_latencies_s:
+            # a batch stream's factor SLO: from its batch-only p99 (on the reference system)
+            slos[i] = s.slo.resolve(1000.0 * percentile(m.solo_latencies_s, 0.99)) or 0.0
+        m.slo_ms = slos.get(i)
+    result.slo_ms = slos
+    result.mixed_s = mixed_s
+    result.seconds = time.monotonic() - began
+    for m in result.streams:
+        s = m.summary()
+        log(f"  {wl.name:<14} {m.model:<11} {m.priority:<16} p50 {s['p50_ms']} ms  "
+            f"p99 {s['p99_ms']} ms  solo p99 {s['solo_p99_ms']} ms  "
+            f"SLO {s['slo_ms']} met {s['slo_attainment']}  {s['throughput_per_s']}/s "
+            f"(errors {m.errors})")
+    return result

@@ -1,0 +1,316 @@
+"""The suite's outputs from its measurements: the checks, ``bench.json`` and ``bench.md``.
+Pure: plain data in, plain data and text out.
+
+``bench.json``::
+
+    {"machine", "quick", "gpu", "seconds", "mixes": [{name, description, duration_s,
+     streams}], "systems": [{"system", "policy", "label", "variant", "startup_s",
+     "probe": {model: {p50_ms, p99_ms}},
+     "mixes": [{"mix", "seconds", "streams": [{model, priority, completed, p50_ms, p99_ms,
+                solo_p99_ms, slo_attainment, throughput_per_s, ...}]}]}],
+     "skipped": [{"label", "reason"}], "predictor": {...}, "simulator": {...},
+     "checks": [{"check", "value", "pass"}]}
+
+The checks compare systems measured side by side in the same run, on the first mix (the
+primary one); the tables in ``bench.md`` cover every mix.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from e2e.bench.stats import ratio
+
+REFERENCE = "deft:deft"
+
+
+def _mix(run: Mapping[str, Any], mix: str) -> Mapping[str, Any] | None:
+    for m in run.get("mixes", []):
+        if m["mix"] == mix:
+            return m
+    return None
+
+
+def lc_stream(run: Mapping[str, Any], mix: str) -> Mapping[str, Any] | None:
+    """The first latency-critical stream of ``mix`` on ``run``."""
+    m = _mix(run, mix)
+    if m is None:
+        return None
+    return next((s for s in m["streams"] if s["priority"] == "latency-critical"), None)
+
+
+def batch_items_per_s(run: Mapping[str, Any], mix: str, solo: bool = False) -> float | None:
+    """Batch work done (requests x batch size per second) over every batch stream of ``mix``,
+    under mixed load or (``solo``) in the batch-only phase."""
+    m = _mix(run, mix)
+    if m is None:
+        return None
+    key = "solo_throughput_per_s" if solo else "throughput_per_s"
+    vals = [(s.get(key), s.get("batch_size", 1)) for s in m["streams"]
+            if s["priority"] == "batch"]
+    if not vals or any(v is None for v, _ in vals):
+        return None
+    return sum(v * b for v, b in vals)
+
+
+def _r(x: float | None, digits: int = 3) -> float | None:
+    return None if x is None or not math.isfinite(x) else round(x, digits)
+
+
+def checks(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The targets, each ``{"check", "value", "pass"}``; ``pass`` is None where the inputs
+    are missing (a system that did not run)."""
+    runs = {r["label"]: r for r in result.get("systems", [])}
+    mixes = result.get("mixes", [])
+    primary = mixes[0]["name"] if mixes else None
+    out: list[dict[str, Any]] = []
+
+    def add(text: str, value: float | None, ok: bool | None) -> None:
+        out.append({"check": text, "value": _r(value),
+                    "pass": None if value is None or ok is None else bool(ok)})
+
+    deft = runs.get(REFERENCE)
+    kserve = runs.get("kserve")
+    tritons = [r for label, r in runs.items() if r["system"] == "triton"]
+    lc = lc_stream(deft, primary) if deft and primary else None
+    if lc is not None:
+        att = lc.get("slo_attainment")
+        add(f"deft meets the {lc['model']} SLO (1.5 x solo p99) for >= 99% ({primary})",
+            att, att is not None and att >= 0.99)
+    if deft and primary:
+        legacy = result.get("legacy", {})
+        solo = batch_items_per_s(deft, primary, solo=True)
+        mixed = batch_items_per_s(deft, primary)
+        share = legacy.get("device_share_left")
+        if solo and mixed is not None and share is not None:
+            add(f"classifier throughput under load >= 85% x solo x device share left "
+                f"({share:.3f})", mixed / (solo * share), mixed >= 0.85 * solo * share)
+        compute = legacy.get("classifier_in_process_items_per_s")
+        if solo and compute:
+            add("classifier solo throughput over HTTP >= 90% of in-process compute",
+                solo / compute, solo / compute >= 0.9)
+    if lc is not None and kserve is not None:
+        other = lc_stream(kserve, primary)
+        r = ratio(other and other.get("p99_ms"), lc.get("p99_ms"))
+        add("plain kserve detector p99 under load >= 20 x deft's", r,
+            r is not None and r >= 20)
+        dp = (deft.get("probe") or {}).get(lc["model"], {}).get("p50_ms")
+        kp = (kserve.get("probe") or {}).get(lc["model"], {}).get("p50_ms")
+        r = ratio(kp, dp)
+        if r is not None:
+            add("detector sequential round trip >= 3 x faster than plain kserve", r, r >= 3)
+    if lc is not None and tritons:
+        best = None
+        for t in tritons:
+            st = lc_stream(t, primary)
+            r = ratio(st and st.get("p99_ms"), lc.get("p99_ms"))
+            add(f"{t['label']} detector p99 under load / deft's (target >= 2)", r,
+                r is not None and r >= 2)
+            best = r if best is None or (r is not None and r < best) else best
+        add("deft detector p99 >= 2 x lower than Triton's (best Triton variant)", best,
+            best is not None and best >= 2)
+        mine = batch_items_per_s(deft, primary)
+        theirs = [batch_items_per_s(t, primary) for t in tritons]
+        theirs = [x for x in theirs if x]
+        if mine is not None and theirs:
+            r = mine / max(theirs)
+            add("deft batch throughput under load >= 95% of Triton's (best Triton variant)",
+                r, r >= 0.95)
+    pred = result.get("predictor") or {}
+    if pred.get("median_error") is not None:
+        e = pred["median_error"]
+        add("predicted inference delay within 15% of measured (median over models)", e,
+            e <= 0.15)
+    replay = ((result.get("simulator") or {}).get("replay") or {}).get(primary) or {}
+    for row in replay.get("rows", []):
+        if row["policy"] == "deft" and row.get("error") is not None:
+            add("simulator replay predicts deft's latency-critical p99 within 25% "
+                "(simulated device + measured solo transport)", row["error"],
+                row["error"] <= 0.25)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# markdown
+
+
+def _f(x: Any, digits: int = 2) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        if not math.isfinite(x):
+            return "-"
+        return f"{x:.{digits}f}" if abs(x) < 1000 else f"{x:.0f}"
+    return str(x)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def mix_table(result: Mapping[str, Any], mix: Mapping[str, Any]) -> list[str]:
+    """One row per system: the latency-critical stream(s) and the batch streams of ``mix``."""
+    name = mix["name"]
+    lines = [f"### {name}", "", mix.get("description", ""), "",
+             "| system | LC model | LC p50 ms | LC p99 ms | LC solo p99 ms | SLO ms | SLO met | "
+             "batch items/s (mixed) | batch items/s (alone) | retained | errors |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for run in result.get("systems", []):
+        m = _mix(run, name)
+        if m is None:
+            continue
+        lcs = [s for s in m["streams"] if s["priority"] == "latency-critical"] or [{}]
+        mixed = batch_items_per_s(run, name)
+        alone = batch_items_per_s(run, name, solo=True)
+        errors = sum(s.get("errors", 0) for s in m["streams"])
+        for i, s in enumerate(lcs):
+            batch_cols = [_f(mixed, 1), _f(alone, 1), _pct(ratio(mixed, alone))] if i == 0 \
+                else ["", "", ""]
+            lines.append("| " + " | ".join([
+                run["label"], s.get("model", "-"), _f(s.get("p50_ms")), _f(s.get("p99_ms")),
+                _f(s.get("solo_p99_ms")), _f(s.get("slo_ms")), _pct(s.get("slo_attainment")),
+                *batch_cols, str(errors)]) + " |")
+    return lines
+
+
+def markdown(result: Mapping[str, Any]) -> str:
+    out = [f"# Deft evidence suite{' (GPU)' if result.get('gpu') else ''}", "",
+           f"Machine: {result.get('machine', '?')}  ",
+           f"Run: {'quick' if result.get('quick') else 'full'}, "
+           f"{_f(result.get('seconds'), 0)} s, {result.get('started', '')}", "",
+           "Every system is a real server process on loopback serving the same `model.pt2` "
+           "files, driven by tritonclient over HTTP: latency-critical (LC) streams open-loop, "
+           "batch streams closed-loop. LC latencies count from each request's scheduled send "
+           "time. SLOs are 1.5 x the LC stream's solo p99 on Deft (`deft` policy). "
+           "*Batch items/s* is requests x batch size per second over the mix's batch streams; "
+           "*retained* is that under LC load over the same batch load alone.", ""]
+    if result.get("skipped"):
+        out += ["Skipped: " + "; ".join(f"{s['label']}: {s['reason']}"
+                                         for s in result["skipped"]), ""]
+    out += ["## Checks", "", "| check | value | pass |", "|---|---|---|"]
+    for c in result.get("checks", []):
+        mark = "-" if c["pass"] is None else ("yes" if c["pass"] else "NO")
+        out.append(f"| {c['check']} | {_f(c['value'], 3)} | {mark} |")
+    out += ["", "## Mixes", ""]
+    for mix in result.get("mixes", []):
+        out += mix_table(result, mix) + [""]
+    probes = [(r["label"], m, p) for r in result.get("systems", [])
+              for m, p in (r.get("probe") or {}).items()]
+    if probes:
+        out += ["Sequential round trips (one request at a time, first mix):", "",
+                "| system | model | p50 ms | p99 ms |", "|---|---|---|---|"]
+        out += [f"| {lbl} | {m} | {_f(p.get('p50_ms'))} | {_f(p.get('p99_ms'))} |"
+                for lbl, m, p in probes] + [""]
+    out += predictor_md(result.get("predictor") or {})
+    out += simulator_md(result.get("simulator") or {})
+    plots = result.get("plots") or []
+    if plots:
+        out += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def predictor_md(pred: Mapping[str, Any]) -> list[str]:
+    if not pred:
+        return []
+    c = pred.get("costs_us", {})
+    out = ["## Predictor accuracy", "",
+           f"`scheduler.predictor.Predictor` with the runtime's profile and CPU costs (launch "
+           f"{c.get('launch')} us, sync {c.get('sync')} us per chunk) against "
+           f"`SegmentedModel.run` timed in-process (median of {pred.get('repeats')}). "
+           f"Median error over models: **{_pct(pred.get('median_error'))}** "
+           f"(per model: " + ", ".join(f"{k} {_pct(v)}" for k, v in
+                                       (pred.get("median_error_by_model") or {}).items())
+           + ").", "",
+           "| model | batch | plan | predicted ms | measured ms | error |",
+           "|---|---|---|---|---|---|"]
+    out += [f"| {r['model']} | {r['batch_size']} | {r['plan']} | {_f(r['predicted_ms'])} | "
+            f"{_f(r['measured_ms'])} | {_pct(r['error'])} |" for r in pred.get("inference", [])]
+    if pred.get("preemption"):
+        out += ["", "Preemption delay: Poisson arrivals on a second thread wait for the batch "
+                "job's next chunk boundary (predicted: expected wait for a uniform arrival, and "
+                f"the longest chunk). Median error of the expected wait: "
+                f"{_pct(pred.get('preemption_median_error'))}.", "",
+                "| model | batch | plan | arrivals | predicted mean ms | measured mean ms | "
+                "predicted worst ms | measured max ms | error |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        out += [f"| {p['model']} | {p['batch_size']} | {p['plan']} | {p['arrivals']} | "
+                f"{_f(p['predicted_expected_ms'])} | {_f(p['measured_mean_ms'])} | "
+                f"{_f(p['predicted_worst_ms'])} | {_f(p['measured_max_ms'])} | "
+                f"{_pct(p['error'])} |" for p in pred["preemption"]]
+    return out + [""]
+
+
+def simulator_md(sim: Mapping[str, Any]) -> list[str]:
+    if not sim:
+        return []
+    out = ["## Simulator replay", "",
+           "Each mix replayed by `scheduler.sim` on the runtime's own profiles "
+           "(`python -m runtime profile`), the runtime's CPU costs and the SLOs measured on "
+           "Deft. The simulator models the device only, so the replay adds the transport "
+           "time measured in the solo phase (server's LC solo p50 minus the simulated solo "
+           "p50) to the simulated p99; the raw simulated p99 is shown too.", "",
+           "| mix | policy | simulated p99 ms | + transport ms | measured p99 ms | error | "
+           "raw error |", "|---|---|---|---|---|---|---|"]
+    for mix, rep in (sim.get("replay") or {}).items():
+        for r in rep.get("rows", []):
+            out.append(f"| {mix} | {r['policy']} | {_f(r['sim_p99_ms'])} | "
+                       f"{_f(r['sim_p99_with_transport_ms'])} | {_f(r['measured_p99_ms'])} | "
+                       f"{_pct(r['error'])} | {_pct(r['raw_error'])} |")
+    for title, points in (sim.get("sweeps") or {}).items():
+        out += ["", f"`fixed:K` trade-off, {title}:", "",
+                "| policy | batch inference p50 ms | LC p99 ms | LC SLO met | sync points |",
+                "|---|---|---|---|---|"]
+        out += [f"| {p['policy']} | {_f(p['batch_inference_p50_ms'], 3)} | "
+                f"{_f(p['lc_p99_ms'], 3)} | {_pct(p['lc_slo_attainment'])} | "
+                f"{p['sync_points']} |" for p in points]
+    return out + [""]
+
+
+def shape_errors(result: Mapping[str, Any]) -> list[str]:
+    """What ``bench.json`` lacks against its contract (empty: well formed)."""
+    problems = []
+    for key in ("machine", "mixes", "systems", "checks"):
+        if key not in result:
+            problems.append(f"missing {key}")
+    fields = ("model", "priority", "completed", "p50_ms", "p99_ms", "solo_p99_ms",
+              "slo_attainment", "throughput_per_s")
+    for run in result.get("systems", []):
+        for key in ("system", "policy", "label", "mixes"):
+            if key not in run:
+                problems.append(f"system entry lacks {key}")
+        for m in run.get("mixes", []):
+            for s in m.get("streams", []):
+                missing = [f for f in fields if f not in s]
+                if missing:
+                    problems.append(f"{run.get('label')}/{m.get('mix')}: stream lacks {missing}")
+    return problems
+
+
+def replay_rows(sim_policies: Mapping[str, Any], measured: Mapping[str, Mapping[str, Any]],
+                transport_ms: float | None, lc_index: int) -> list[dict[str, Any]]:
+    """Simulated vs measured LC p99 per Deft policy. ``sim_policies``: policy -> simulated
+    summary; ``measured``: policy -> the server's LC stream summary."""
+    rows = []
+    for policy, summary in sim_policies.items():
+        got = measured.get(policy)
+        sim_p99 = summary["streams"][lc_index]["p99_ms"]
+        if got is None or sim_p99 is None:
+            continue
+        meas = got.get("p99_ms")
+        with_t = sim_p99 + transport_ms if transport_ms is not None else None
+        rows.append({
+            "policy": policy, "sim_p99_ms": _r(sim_p99), "transport_ms": _r(transport_ms),
+            "sim_p99_with_transport_ms": _r(with_t), "measured_p99_ms": meas,
+            "error": _r(abs(with_t - meas) / meas, 4) if with_t is not None and meas else None,
+            "raw_error": _r(abs(sim_p99 - meas) / meas, 4) if meas else None,
+        })
+    return rows
+
+
+def sequence_stats(values: Sequence[float]) -> dict[str, float | None]:
+    from e2e.bench.stats import ms, percentile
+
+    return {"p50_ms": ms(percentile(values, 0.5)), "p99_ms": ms(percentile(values, 0.99)),
+            "n": len(values)}

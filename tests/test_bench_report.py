@@ -1,0 +1,164 @@
+"""The suite's pure parts: statistics, the checks, bench.json's shape and bench.md."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from e2e.bench import report
+from e2e.bench.accuracy import runtime_costs_us
+from e2e.bench.stats import Measured, attainment, cdf, median, percentile, ratio, relative_error
+from e2e.bench.systems import all_systems, select_systems
+
+
+def test_percentile_is_nearest_rank_like_the_simulator():
+    from scheduler.sim.engine import percentile as sim_percentile
+
+    values = [5.0, 1.0, 4.0, 2.0, 3.0] * 41
+    for q in (0.0, 0.5, 0.9, 0.99, 1.0):
+        assert percentile(values, q) == sim_percentile(values, q)
+    assert math.isnan(percentile([], 0.5))
+
+
+def test_attainment_counts_unanswered_requests_as_misses():
+    assert attainment([0.001, 0.002, 0.030], sent=4, slo_ms=10) == 0.5
+    assert attainment([0.001], sent=1, slo_ms=None) is None
+    assert attainment([], sent=0, slo_ms=5) is None
+
+
+def test_small_helpers():
+    assert ratio(10.0, 2.0) == 5.0 and ratio(None, 1.0) is None and ratio(1.0, 0.0) is None
+    assert relative_error(110.0, 100.0) == pytest.approx(0.1)
+    assert median([3.0, 1.0, float("nan"), 2.0]) == 2.0 and math.isnan(median([]))
+    xs, ys = cdf([3.0, 1.0, 2.0])
+    assert xs == [1.0, 2.0, 3.0] and ys == pytest.approx([1 / 3, 2 / 3, 1.0])
+
+
+def test_measured_summary_has_the_design_fields():
+    m = Measured("det", "latency-critical", 1, "det b1 poisson 20/s",
+                 latencies_s=[0.004] * 98 + [0.02, 0.05], sent=101, errors=1, window_s=5.0,
+                 solo_latencies_s=[0.003] * 50 + [0.006], solo_window_s=2.5, slo_ms=10.0)
+    s = m.summary()
+    for key in ("model", "priority", "completed", "p50_ms", "p99_ms", "solo_p99_ms",
+                "slo_attainment", "throughput_per_s"):
+        assert key in s
+    assert s["completed"] == 100 and s["p50_ms"] == 4.0 and s["p99_ms"] == 20.0
+    assert s["solo_p99_ms"] == 6.0 and s["slo_attainment"] == round(98 / 101, 6)
+    assert s["throughput_per_s"] == 20.0 and s["retained"] == pytest.approx(20.0 / 20.4, 1e-3)
+
+
+def stream(model, priority, p99, tput, solo_tput=None, att=None, bs=1, solo_p50=None):
+    return {"model": model, "priority": priority, "completed": 10, "p50_ms": p99 / 2,
+            "p99_ms": p99, "solo_p99_ms": p99 / 2, "solo_p50_ms": solo_p50,
+            "slo_attainment": att, "throughput_per_s": tput, "solo_throughput_per_s": solo_tput,
+            "batch_size": bs, "slo_ms": 15.0 if priority == "latency-critical" else None,
+            "errors": 0}
+
+
+def run(label, system, policy, lc_p99, batch_tput, att=1.0, probe_p50=5.0):
+    return {"system": system, "policy": policy, "label": label, "variant": "",
+            "probe": {"detector": {"p50_ms": probe_p50, "p99_ms": probe_p50 * 2}},
+            "mixes": [{"mix": "pair", "streams": [
+                stream("detector", "latency-critical", lc_p99, 20.0, att=att, solo_p50=4.0),
+                stream("classifier", "batch", 600.0, batch_tput, solo_tput=4.0, bs=8)]}]}
+
+
+@pytest.fixture
+def result():
+    return {
+        "machine": "test", "quick": True, "gpu": False, "seconds": 1.0,
+        "mixes": [{"name": "pair", "description": "a pair", "duration_s": 5,
+                   "streams": ["detector", "classifier"], "slo_ms": {"0": 15.0}}],
+        "systems": [
+            run("deft:deft", "deft", "deft", 10.0, 3.8, att=0.995),
+            run("kserve", "kserve", "-", 900.0, 0.5, att=0.0, probe_p50=25.0),
+            run("triton:priority-levels", "triton", "priority-levels", 180.0, 3.9, att=0.7),
+            run("triton:none", "triton", "none", 30.0, 4.0, att=0.9),
+        ],
+        "skipped": [],
+        "legacy": {"device_share_left": 0.96, "classifier_in_process_items_per_s": 40.0},
+        "predictor": {"median_error": 0.1, "costs_us": {"launch": 15, "sync": 0},
+                      "repeats": 3, "median_error_by_model": {"detector": 0.1},
+                      "inference": [{"model": "detector", "batch_size": 1, "plan": "one chunk",
+                                     "predicted_ms": 1.1, "measured_ms": 1.0, "error": 0.1}],
+                      "preemption": [], "preemption_median_error": None},
+        "simulator": {"replay": {"pair": {"rows": [
+            {"policy": "deft", "sim_p99_ms": 8.0, "transport_ms": 3.0,
+             "sim_p99_with_transport_ms": 11.0, "measured_p99_ms": 10.0, "error": 0.1,
+             "raw_error": 0.2}]}},
+            "sweeps": {"t": [{"policy": "fixed:1", "batch_inference_p50_ms": 10.0,
+                              "lc_p99_ms": 2.0, "lc_slo_attainment": 1.0, "sync_points": 9}]}},
+    }
+
+
+def test_checks(result):
+    checks = {c["check"]: c for c in report.checks(result)}
+    assert all(set(c) == {"check", "value", "pass"} for c in checks.values())
+    slo = next(c for k, c in checks.items() if k.startswith("deft meets"))
+    assert slo["pass"] is True and slo["value"] == 0.995
+    assert checks["plain kserve detector p99 under load >= 20 x deft's"]["value"] == 90.0
+    assert checks["detector sequential round trip >= 3 x faster than plain kserve"]["pass"]
+    best = checks["deft detector p99 >= 2 x lower than Triton's (best Triton variant)"]
+    assert best["value"] == 3.0 and best["pass"] is True  # against the better Triton
+    tput = checks["deft batch throughput under load >= 95% of Triton's (best Triton variant)"]
+    assert tput["value"] == 0.95 and tput["pass"] is True
+    assert checks["predicted inference delay within 15% of measured (median over models)"][
+        "pass"] is True
+    replay = next(c for k, c in checks.items() if k.startswith("simulator replay"))
+    assert replay["value"] == 0.1 and replay["pass"] is True
+    legacy = next(c for k, c in checks.items() if k.startswith("classifier throughput under"))
+    assert legacy["value"] == pytest.approx(30.4 / (32 * 0.96), abs=1e-3)
+
+
+def test_checks_without_peers(result):
+    result["systems"] = result["systems"][:1]
+    labels = [c["check"] for c in report.checks(result)]
+    assert not any("kserve" in c or "Triton" in c for c in labels)
+    assert report.checks({"mixes": [], "systems": []}) == []
+
+
+def test_bench_json_shape_and_markdown(result):
+    result["checks"] = report.checks(result)
+    assert report.shape_errors(result) == []
+    bad = json.loads(json.dumps(result))
+    del bad["systems"][0]["mixes"][0]["streams"][0]["p99_ms"]
+    assert report.shape_errors(bad) and report.shape_errors({}) != []
+    md = report.markdown(result)
+    assert md.startswith("# Deft evidence suite")
+    for text in ("## Checks", "### pair", "| deft:deft | detector |", "| kserve |",
+                 "## Predictor accuracy", "## Simulator replay", "`fixed:K` trade-off"):
+        assert text in md
+    row = next(line for line in md.splitlines() if line.startswith("| deft:deft"))
+    assert row.count("|") == 12  # 11 columns
+    assert "| 30.4 | 32.0 | 95.0% |" in row
+
+
+def test_replay_rows():
+    sim = {"deft": {"streams": [{"p99_ms": 8.0}, {"p99_ms": 500.0}]}}
+    rows = report.replay_rows(sim, {"deft": {"p99_ms": 10.0}}, 1.0, 0)
+    assert rows == [{"policy": "deft", "sim_p99_ms": 8.0, "transport_ms": 1.0,
+                     "sim_p99_with_transport_ms": 9.0, "measured_p99_ms": 10.0,
+                     "error": 0.1, "raw_error": 0.2}]
+    assert report.replay_rows(sim, {}, 1.0, 0) == []
+
+
+def test_system_selection():
+    labels = [s.label for s in all_systems()]
+    assert labels[0] == "deft:deft" and {"kserve", "triton:priority-levels",
+                                        "triton:none", "deft:fixed:4"} <= set(labels)
+    assert "deft:deft/same-stream" in [s.label for s in all_systems(gpu=True)]
+    chosen = select_systems("kserve,deft,fixed:8,triton")
+    assert [s.label for s in chosen] == ["deft:deft", "kserve", "deft:fixed:8",
+                                         "triton:priority-levels", "triton:none"]
+    assert len(select_systems("deft:*")) == 5
+    assert not select_systems("kserve")[0].priorities
+    with pytest.raises(ValueError, match="unknown system"):
+        select_systems("tensorflow")
+
+
+def test_runtime_costs_come_from_the_runtime():
+    assert runtime_costs_us("cpu") == (15.0, 0.0)
+    launch, sync = runtime_costs_us("cuda")
+    assert launch > 0 and sync > 0
