@@ -38,27 +38,36 @@ class Pending:
     model: str
     priority_label: str
     inputs: dict[str, np.ndarray]
-    future: asyncio.Future[dict[str, np.ndarray]]
+    future: asyncio.Future[dict[str, np.ndarray]] | None  # None once answered
     loop: asyncio.AbstractEventLoop
     admitted_at: float
     slo_s: float | None = None
     on_done: Callable[[], None] | None = field(default=None, repr=False)
 
     def resolve(self, result: dict[str, np.ndarray] | BaseException | None) -> None:
-        """Answer from any thread; ``None`` withdraws the request (nobody waits for it)."""
+        """Answer from any thread; ``None`` withdraws the request (nobody waits for it).
+
+        Only the first answer counts. The request lets go of its inputs and its answer
+        here: a finished job may outlive its request (the scheduler's queue forgets jobs
+        lazily), and it must not keep their tensors alive."""
+        future = self.future
+        if future is None:
+            return
+        self.future = None
+        self.inputs = {}
 
         def _set() -> None:
             if self.on_done is not None:
                 self.on_done()
                 self.on_done = None
-            if self.future.done():
+            if future.done():
                 return
             if result is None:
-                self.future.cancel()
+                future.cancel()
             elif isinstance(result, BaseException):
-                self.future.set_exception(result)
+                future.set_exception(result)
             else:
-                self.future.set_result(result)
+                future.set_result(result)
 
         # a closed event loop raises RuntimeError: nobody is waiting any more
         with contextlib.suppress(RuntimeError):

@@ -119,8 +119,8 @@ class FaultyUnits:
                 time.sleep(self.sleep_s)
             with self.lock:
                 self.rows_seen.append(state.rows)
-            if self.raises is not None:
-                raise self.raises
+            if self.raises is not None:  # a fresh exception, as a model raises each time
+                raise type(self.raises)(*self.raises.args)
             if self.oom_above_rows is not None and state.rows > self.oom_above_rows:
                 raise self.oom()
             state.inner = self.inner.run(state.inner, unit, unit + 1)
