@@ -162,3 +162,12 @@ def test_runtime_costs_come_from_the_runtime():
     assert runtime_costs_us("cpu") == (15.0, 0.0)
     launch, sync = runtime_costs_us("cuda")
     assert launch > 0 and sync > 0
+
+
+def test_completion_rate_does_not_round_to_whole_completions():
+    from e2e.bench.stats import completion_rate
+
+    times = [0.5 + 0.3 * i for i in range(12)]  # one completion every 0.3 s
+    assert completion_rate(times, 0.0, 4.0) == pytest.approx(1 / 0.3)
+    assert completion_rate([1.0, 2.0], 0.0, 4.0) == 0.5  # too few: count over the window
+    assert math.isnan(completion_rate([], 1.0, 1.0))

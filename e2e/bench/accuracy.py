@@ -215,6 +215,28 @@ def predictor_accuracy(
     }
 
 
+def profile_agreement(model_dir: Path, profile: Mapping[str, Any], cache_dir: Path | None,
+                      device: str = "cpu", repeats: int = 3) -> dict[str, float]:
+    """Per model: the whole model's measured time at its largest profiled batch size over
+    the profile's sum for it. Far from 1 means the profile was measured while something
+    else held the cores (on a busy 2-core machine unit times come out in multiples of the
+    OS time slice)."""
+    from runtime import model_repository as repo
+
+    out = {}
+    for source in repo.discover(model_dir):
+        rows = (profile.get(source.name) or {}).get("profile") or {}
+        if not rows:
+            continue
+        bs = max(int(b) for b in rows)
+        loaded = repo.load(source, device, cache_dir=cache_dir)
+        n = loaded.model.num_units
+        measured = statistics.median(_time_plan(loaded.model, loaded.config.example_inputs(
+            bs, device), [n], repeats, device))
+        out[source.name] = round(measured / (sum(rows[str(bs)]) / 1e6), 3)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # the simulator
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from e2e.bench.load import ClosedLoop, Stream, open_loop_at, sequential
-from e2e.bench.stats import Measured, percentile
+from e2e.bench.stats import Measured, completion_rate, percentile
 from e2e.bench.workload import BenchStream, BenchWorkload, arrival_offsets
 
 LC_PRIORITY = 1  # tritonclient's highest request-level priority
@@ -35,7 +35,7 @@ LC_PRIORITY = 1  # tritonclient's highest request-level priority
 
 @dataclass(frozen=True)
 class Phases:
-    solo_s: float = 5.0
+    solo_s: float = 4.0
     batch_only_s: float = 4.0
     warm_s: float = 1.5
     mixed_scale: float = 1.0
@@ -181,8 +181,10 @@ def run_mix(
         m = measured[i]
         m.solo_latencies_s = loop.window(t0, t1)
         m.solo_window_s = t1 - t0
+        m.solo_rate_per_s = completion_rate(loop.completed_at, t0, t1)
         m.latencies_s = loop.window(t1m, t2)
         m.window_s = t2 - t1m
+        m.rate_per_s = completion_rate(loop.completed_at, t1m, t2)
         m.sent = len(m.latencies_s)
         m.errors = loop.stream.errors
         s = wl.streams[i]

@@ -84,7 +84,7 @@ def checks(result: Mapping[str, Any]) -> list[dict[str, Any]]:
         solo = batch_items_per_s(deft, primary, solo=True)
         mixed = batch_items_per_s(deft, primary)
         share = legacy.get("device_share_left")
-        if solo and mixed is not None and share is not None:
+        if solo and mixed is not None and share:
             add(f"classifier throughput under load >= 85% x solo x device share left "
                 f"({share:.3f})", mixed / (solo * share), mixed >= 0.85 * solo * share)
         compute = legacy.get("classifier_in_process_items_per_s")
@@ -189,6 +189,15 @@ def markdown(result: Mapping[str, Any]) -> str:
     if result.get("skipped"):
         out += ["Skipped: " + "; ".join(f"{s['label']}: {s['reason']}"
                                          for s in result["skipped"]), ""]
+    attempts = result.get("profile_attempts") or []
+    if attempts and attempts[-1].get("reused"):
+        out += ["Profile: the last run's (quick runs reuse a profile that agreed with "
+                "whole-model runs).", ""]
+    elif attempts:
+        last = attempts[-1]["measured_over_profile"]
+        out += [f"Profile: measured afresh ({len(attempts)} attempt"
+                f"{'s' if len(attempts) > 1 else ''}); whole-model run over the profile's sum: "
+                + ", ".join(f"{k} {_f(v)}" for k, v in last.items()) + ".", ""]
     out += ["## Checks", "", "| check | value | pass |", "|---|---|---|"]
     for c in result.get("checks", []):
         mark = "-" if c["pass"] is None else ("yes" if c["pass"] else "NO")
@@ -205,6 +214,12 @@ def markdown(result: Mapping[str, Any]) -> str:
                 for lbl, m, p in probes] + [""]
     out += predictor_md(result.get("predictor") or {})
     out += simulator_md(result.get("simulator") or {})
+    if result.get("stages"):
+        out += ["Stages (seconds; 1-minute load average at the end of each. The profile and "
+                "predictor stages run one process: a load well above 1 there means other work "
+                "shared the machine while the profile was measured):", "",
+                ", ".join(f"{st['stage']} {_f(st['seconds'], 0)} s (load "
+                          f"{_f(st['loadavg_1m'], 2)})" for st in result["stages"]), ""]
     plots = result.get("plots") or []
     if plots:
         out += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]

@@ -59,13 +59,18 @@ class Measured:
     solo_latencies_s: list[float] = field(default_factory=list)
     solo_window_s: float = 0.0
     slo_ms: float | None = None
+    rate_per_s: float | None = None  # a closed loop's completion rate (see completion_rate)
+    solo_rate_per_s: float | None = None
 
     def summary(self) -> dict[str, Any]:
         """DESIGN.md's stream fields, and a few more the report uses."""
         completed = len(self.latencies_s)
-        tput = completed / self.window_s if self.window_s > 0 else None
-        solo_tput = len(self.solo_latencies_s) / self.solo_window_s \
-            if self.solo_window_s > 0 else None
+        tput = self.rate_per_s
+        if tput is None and self.window_s > 0:
+            tput = completed / self.window_s
+        solo_tput = self.solo_rate_per_s
+        if solo_tput is None and self.solo_window_s > 0:
+            solo_tput = len(self.solo_latencies_s) / self.solo_window_s
         return {
             "model": self.model,
             "priority": self.priority,
@@ -88,6 +93,17 @@ class Measured:
 
 def _round(x: float | None, digits: int) -> float | None:
     return None if x is None else round(x, digits)
+
+
+def completion_rate(completed_at: Sequence[float], t0: float, t1: float) -> float:
+    """Completions per second of a closed loop between ``t0`` and ``t1``: with three or more
+    completions, (n - 1) over the time from the first to the last, which does not round to
+    whole completions the way n / (t1 - t0) does on a window a few completions long."""
+    inside = sorted(t for t in completed_at if t0 <= t <= t1)
+    n = len(inside)
+    if n >= 3 and inside[-1] > inside[0]:
+        return (n - 1) / (inside[-1] - inside[0])
+    return n / (t1 - t0) if t1 > t0 else math.nan
 
 
 def cdf(values: Sequence[float]) -> tuple[list[float], list[float]]:

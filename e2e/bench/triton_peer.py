@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     config = TritonConfig(http_address="127.0.0.1", http_port=spec["http_port"],
                           grpc_address="127.0.0.1", grpc_port=spec["grpc_port"],
                           metrics_port=spec["metrics_port"], allow_metrics=True,
-                          exit_on_error=True, log_verbose=0)
+                          exit_on_error=True, exit_timeout_secs=5, log_verbose=0)
     signal.signal(signal.SIGTERM, _interrupt)
     triton = Triton(config=config)
     for m in spec["models"]:

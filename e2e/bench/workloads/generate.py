@@ -36,7 +36,7 @@ def main() -> None:
             "name": "pair-poisson",
             "description": "detector, Poisson 20/s, SLO 1.5 x solo p99, beside the classifier "
                            "in batches of 8 from two closed-loop clients",
-            "duration_s": 15, "seed": 1,
+            "duration_s": 12, "seed": 1,
             "models": {"detector": {}, "classifier": {}},
             "streams": [
                 {"model": "detector", "priority": "latency-critical", "slo_ms": SLO,
@@ -48,7 +48,7 @@ def main() -> None:
             "name": "pair-bursty",
             "description": "detector in bursts of 2-6 requests (a trace, about 10/s), SLO 1.5 "
                            "x solo p99, beside the classifier in batches of 8",
-            "duration_s": 10, "seed": 2,
+            "duration_s": 8, "seed": 2,
             "models": {"detector": {}, "classifier": {}},
             "streams": [
                 {"model": "detector", "priority": "latency-critical", "slo_ms": SLO,
@@ -61,7 +61,7 @@ def main() -> None:
             "name": "trio-periodic",
             "description": "detector, periodic 15/s, SLO 1.5 x solo p99, beside two batch "
                            "models (classifier and embedder, batches of 8, one client each)",
-            "duration_s": 10, "seed": 3,
+            "duration_s": 8, "seed": 3,
             "models": {"detector": {}, "classifier": {}, "embedder": {}},
             "streams": [
                 {"model": "detector", "priority": "latency-critical", "slo_ms": SLO,
