@@ -182,7 +182,7 @@ def spec_requests(draw, spec):
 
 
 def test_requests_generated_from_the_spec(harness, spec):
-    @fuzz(150)
+    @fuzz(120)
     @given(case=spec_requests(spec))
     def run(case):
         method, path, body, ok_schema = case
@@ -239,7 +239,7 @@ def test_valid_requests_with_one_place_changed(harness, spec):
     places = list(strategies.locations("inference_request"))
     assert len(places) >= 12  # id, parameters, inputs[0].{name,shape,datatype,data}, outputs...
 
-    @fuzz(200)
+    @fuzz(150)
     @given(doc=valid_docs(), place=st.sampled_from(places), how=st.sampled_from(
         ["schema", "any", "delete"]), data=st.data())
     def run(doc, place, how, data):
@@ -270,7 +270,7 @@ def arrays(draw) -> np.ndarray:
 
 
 def test_random_shapes_datatypes_and_bytes(harness):
-    @fuzz(150)
+    @fuzz(120)
     @given(x=arrays(), name=st.sampled_from(["x", "y", "x\u00ff", ""]), binary=st.booleans(),
            model=st.sampled_from(["mlp", "lc"]))
     def run(x, name, binary, model):
@@ -286,7 +286,7 @@ def test_random_shapes_datatypes_and_bytes(harness):
 def test_nan_and_infinity_are_answered(harness):
     floats = st.floats(width=32, allow_nan=True, allow_infinity=True)
 
-    @fuzz(80)
+    @fuzz(60)
     @given(x=st.integers(1, 8).flatmap(lambda n: hnp.arrays(np.float32, (n, 4), elements=floats)),
            binary_in=st.booleans(), binary_out=st.booleans())
     def run(x, binary_in, binary_out):
@@ -306,7 +306,7 @@ def encoded_valid(draw) -> tuple[bytes, dict[str, str]]:
 
 
 def test_truncated_bodies_are_refused(harness):
-    @fuzz(100)
+    @fuzz(80)
     @given(valid=encoded_valid(), data=st.data())
     def run(valid, data):
         body, headers = valid
@@ -321,7 +321,7 @@ def test_lying_byte_lengths(harness):
     lengths = st.integers(-5, 10**6).map(str) | st.text(max_size=6) | st.sampled_from(
         ["", " 1", "0x10", "1e3", "99999999999999999999999"])
 
-    @fuzz(100)
+    @fuzz(80)
     @given(n=st.integers(1, 8), header=lengths | st.none(), size=st.integers(-5, 200) | st.none())
     def run(n, header, size):
         body, headers = encode_request({"x": np.ones((n, 4), np.float32)}, binary=True)
@@ -339,7 +339,7 @@ def test_lying_byte_lengths(harness):
 def test_oversized_bodies_and_tensors_are_refused(harness):
     limit = LIMITS.max_body_bytes
 
-    @fuzz(25)
+    @fuzz(20)
     @given(size=st.integers(limit + 1, 4 * limit), chunked=st.booleans())
     def run(size, chunked):
         body = valid_body(np.zeros((1, 4), np.float32)) + b" " * (size - 60)
@@ -349,7 +349,7 @@ def test_oversized_bodies_and_tensors_are_refused(harness):
         r = harness.send("oversized-body", "POST", "/v2/models/mlp/infer", content)
         assert r.status_code == 400 and "limit" in r.json()["error"]
 
-    @fuzz(25)
+    @fuzz(20)
     @given(rows=st.integers(LIMITS.max_tensor_elements // 4 + 1, 2**40))
     def tensors(rows):
         doc = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [rows, 4], "data": [0.0]}]}
@@ -365,7 +365,7 @@ def test_non_utf8_and_compressed_bodies(harness):
     bomb = gzip.compress(b"\0" * (8 * LIMITS.max_body_bytes))
     assert len(bomb) < LIMITS.max_body_bytes
 
-    @fuzz(120)
+    @fuzz(100)
     @given(valid=encoded_valid(), data=st.data(), how=st.sampled_from(
         ["invalid-utf8", "random-bytes", "gzip", "deflate", "bad-gzip", "bomb", "encoding"]))
     def run(valid, data, how):
