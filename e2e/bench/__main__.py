@@ -141,7 +141,7 @@ def last_profile_clean(bench_json: Path) -> bool:
 
 
 def checked_profile(model_dir: Path, out: Path, cache: Path, device: str, quick: bool,
-                    reuse: bool, tries: int = 3) -> tuple[dict, list[dict[str, Any]]]:
+                    reuse: bool, tries: int = 2) -> tuple[dict, list[dict[str, Any]]]:
     """The runtime's profile, measured again (up to ``tries`` times) while a model's whole
     run disagrees with its profile by more than 2x: a profile measured while other work held
     the cores would mislead the runtime under test, not only the predictor check. Every
@@ -226,7 +226,8 @@ def run_system(spec: SystemSpec, server: ServerProcess, prio: DeftPriorities | N
 
 
 def simulator_section(mixes: list[BenchWorkload], profile: dict, slos: dict, costs: tuple,
-                      runs: list[dict], raw: Path, quick: bool) -> dict[str, Any]:
+                      runs: list[dict], raw: Path, quick: bool,
+                      device_type: str = "cpu") -> dict[str, Any]:
     from e2e.bench.accuracy import fixed_k_sweep, simulate_mix
 
     device = {"launch_overhead_us": costs[0], "sync_overhead_us": costs[1]}
@@ -243,7 +244,7 @@ def simulator_section(mixes: list[BenchWorkload], profile: dict, slos: dict, cos
         path.write_text(json.dumps(sim_wl, indent=1) + "\n")
         sim_files[wl.name] = sim_wl
         policies = [p for p in SIM_POLICIES if p in deft_runs] or ["deft"]
-        lane = device == "cpu" and "deft" in deft_runs
+        lane = device_type == "cpu" and "deft" in deft_runs
         sim = simulate_mix(sim_wl, policies + (["layer"] if lane and "layer" not in policies
                                                else []))
         lc_index = next(s.index for s in wl.streams if s.latency_critical)
@@ -379,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
 
         costs = runtime_costs_us(device)
     t = time.monotonic()
-    simulator = simulator_section(mixes, profile, slos, costs, runs, raw, quick)
+    simulator = simulator_section(mixes, profile, slos, costs, runs, raw, quick, device)
     log(f"simulator: {stage('simulator', t):.0f} s")
 
     legacy = legacy_inputs(mixes[0], profile, predictor)
