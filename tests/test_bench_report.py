@@ -171,3 +171,31 @@ def test_completion_rate_does_not_round_to_whole_completions():
     assert completion_rate(times, 0.0, 4.0) == pytest.approx(1 / 0.3)
     assert completion_rate([1.0, 2.0], 0.0, 4.0) == 0.5  # too few: count over the window
     assert math.isnan(completion_rate([], 1.0, 1.0))
+
+
+def test_profile_reuse_and_legacy_inputs(tmp_path):
+    from e2e.bench.__main__ import last_profile_clean, legacy_inputs
+    from e2e.bench.workload import parse_bench_workload
+
+    path = tmp_path / "bench.json"
+    assert not last_profile_clean(path)
+    path.write_text(json.dumps({"profile_attempts": [
+        {"attempt": 1, "measured_over_profile": {"a": 1.1, "b": 0.9}, "kept": True}]}))
+    assert last_profile_clean(path)
+    path.write_text(json.dumps({"profile_attempts": [
+        {"attempt": 1, "measured_over_profile": {"a": 4.0}, "kept": True}]}))
+    assert not last_profile_clean(path)
+
+    wl = parse_bench_workload({
+        "name": "p", "duration_s": 1, "models": {"det": {}, "cls": {}},
+        "streams": [{"model": "det", "priority": "latency-critical", "slo_ms": 5,
+                     "arrival": {"type": "poisson", "rate_per_s": 20}},
+                    {"model": "cls", "batch_size": 8, "arrival": {"type": "closed",
+                                                                  "clients": 1}}]})
+    profile = {"models": {"det": {"profile": {"1": [1000.0, 1000.0]}},
+                          "cls": {"profile": {"8": [100000.0, 100000.0]}}}}
+    assert legacy_inputs(wl, profile, {}) == {"device_share_left": 0.96,
+                                              "classifier_in_process_items_per_s": 40.0}
+    measured = {"inference": [{"model": "cls", "batch_size": 8, "plan": "one chunk",
+                               "measured_ms": 400.0}]}
+    assert legacy_inputs(wl, profile, measured)["classifier_in_process_items_per_s"] == 20.0
