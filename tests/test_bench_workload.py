@@ -159,3 +159,21 @@ def test_shipped_mixes():
     assert models == {"detector", "classifier", "embedder"}
     assert any(len(load_bench_workload(p).models) >= 3 for p in MIXES)
     assert not math.isnan(load_bench_workload(MIXES[0]).duration_s)
+
+
+def test_cli_turns_a_mix_and_a_profile_into_a_simulator_workload(tmp_path, capsys):
+    from e2e.bench.workload import main
+
+    mix = tmp_path / "mix.json"
+    mix.write_text(json.dumps(doc()))
+    prof = tmp_path / "profile.json"
+    prof.write_text(json.dumps({"models": {"det": {"profile": {"1": [500.0, 500.0]}}},
+                                "device": "cpu"}))
+    assert main([str(mix), "--profile", str(prof)]) == 0
+    sim = json.loads(capsys.readouterr().out)
+    from scheduler.sim.report import SoloBaselines
+
+    solo_p99_ms = SoloBaselines(parse_workload(sim)).p99(0) * 1000.0
+    assert solo_p99_ms >= 1.0  # two 0.5 ms units, and some queueing
+    assert sim["streams"][0]["slo_ms"] == pytest.approx(1.5 * solo_p99_ms, abs=1e-3)
+    assert main([str(mix), "--profile", str(tmp_path / "missing.json")]) == 2

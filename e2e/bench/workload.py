@@ -211,11 +211,13 @@ def to_sim_workload(
     slo_ms: Mapping[int, float],
     device: Mapping[str, float],
     duration_s: float | None = None,
+    strict: bool = True,
 ) -> dict[str, Any]:
     """The simulator's workload (a JSON-ready dict): profiles from ``profiles`` (model ->
     ``{"<batch>": [µs, ...]}``, the profiler's shape) where the file has none, every SLO
     resolved (``slo_ms``: stream index -> ms, used for factor SLOs), ``device`` where the file
-    gives none."""
+    gives none. With ``strict`` False a factor SLO missing from ``slo_ms`` is left out
+    (:func:`resolve_in_simulator` fills it)."""
     models = {}
     for name, entry in wl.models.items():
         profile = entry.get("profile") or profiles.get(name)
@@ -227,7 +229,7 @@ def to_sim_workload(
         out: dict[str, Any] = {"model": s.model, "priority": s.priority.value,
                                "batch_size": s.batch_size, "arrival": _arrival_json(s.arrival)}
         slo = s.slo.ms if s.slo.ms is not None else slo_ms.get(s.index)
-        if s.slo.solo_p99_factor is not None and slo is None:
+        if s.slo.solo_p99_factor is not None and slo is None and strict:
             raise WorkloadError(f"streams[{s.index}].slo_ms", "factor SLO not resolved")
         if slo is not None:
             out["slo_ms"] = slo
@@ -248,3 +250,60 @@ def _arrival_json(a: Arrival) -> dict[str, Any]:
     if a.type == "closed":
         return {"type": "closed", "clients": a.clients}
     return {"type": "trace", "offsets_ms": list(a.offsets_ms)}
+
+
+def resolve_in_simulator(wl: BenchWorkload, sim_workload: dict[str, Any]) -> dict[str, Any]:
+    """Fill the factor SLOs that ``sim_workload`` still lacks from the simulator's own solo
+    p99 of each stream (what ``python -m scheduler.sim --slo-factor`` does for one factor)."""
+    from scheduler.sim.report import SoloBaselines
+    from scheduler.sim.workload import parse_workload
+
+    pending = [s for s in wl.streams
+               if s.slo.solo_p99_factor is not None and "slo_ms" not in sim_workload["streams"][
+                   s.index]]
+    if not pending:
+        return sim_workload
+    draft = json.loads(json.dumps(sim_workload))
+    for s in pending:  # a placeholder so the draft parses; solo runs ignore SLOs' values
+        draft["streams"][s.index]["slo_ms"] = 1.0
+    solo = SoloBaselines(parse_workload(draft))
+    for s in pending:
+        sim_workload["streams"][s.index]["slo_ms"] = s.slo.resolve(solo.p99(s.index) * 1000.0)
+    return sim_workload
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m e2e.bench.workload MIX.json --profile PROFILE.json [--out SIM.json]``:
+    the mix as a simulator workload, with the profiles of ``python -m runtime profile`` and
+    factor SLOs taken from the simulator's own solo p99."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog="python -m e2e.bench.workload", description=main.__doc__)
+    p.add_argument("mix", type=Path)
+    p.add_argument("--profile", type=Path, required=True,
+                   help="the JSON that `python -m runtime profile --out` writes")
+    p.add_argument("--launch_overhead_us", type=float, default=15.0)
+    p.add_argument("--sync_overhead_us", type=float, default=0.0)
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    try:
+        wl = load_bench_workload(args.mix)
+        models = json.loads(args.profile.read_text())["models"]
+        sim = to_sim_workload(wl, {k: v["profile"] for k, v in models.items()}, {},
+                              {"launch_overhead_us": args.launch_overhead_us,
+                               "sync_overhead_us": args.sync_overhead_us}, strict=False)
+        sim = resolve_in_simulator(wl, sim)
+    except (WorkloadError, OSError, KeyError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    text = json.dumps(sim, indent=1) + "\n"
+    if args.out:
+        args.out.write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
