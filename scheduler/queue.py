@@ -34,6 +34,7 @@ class JobQueue:
         self._vtime: dict[str, float] = defaultdict(float)
         self._vclock = 0.0
         self.count_by_model: dict[str, int] = defaultdict(int)
+        self._forgotten = 0
 
     def __len__(self) -> int:
         return len(self._queued)
@@ -65,7 +66,23 @@ class JobQueue:
         self.count_by_model[job.model] -= 1
         if not job.latency_critical:
             self._batch_count[job.model] -= 1
+        self._forgotten += 1
+        if self._forgotten > 64 and self._forgotten > 2 * len(self._queued):
+            self._compact()
         return True
+
+    def _compact(self) -> None:
+        """Drop forgotten jobs from every index (the policy in use reads only some of them)."""
+        for heap in (
+            self._by_arrival,
+            self._by_rank,
+            self._lc,
+            self._timeouts,
+            *self._batch.values(),
+        ):
+            heap[:] = [e for e in heap if e[-1].id in self._queued]
+            heapq.heapify(heap)
+        self._forgotten = 0
 
     def _head(self, heap: list) -> Job | None:  # type: ignore[type-arg]
         while heap:

@@ -229,3 +229,14 @@ def test_a_full_batch_does_not_wait():
         s.submit(j)
     _, d = s.decide(0.0)
     assert isinstance(d, RunChunk) and d.job.members == jobs
+
+
+def test_the_queue_does_not_keep_finished_jobs():
+    s = make_scheduler("deft")
+    for i in range(1000):
+        s.submit(make_job("b", BATCH, arrival=float(i), units=1))
+        _, d = s.decide(float(i))
+        s.chunk_done(d, float(i), float(i) + 0.5)
+    q = s.queue
+    held = len(q._by_arrival) + len(q._by_rank) + sum(len(h) for h in q._batch.values())
+    assert held <= 3 * 65
