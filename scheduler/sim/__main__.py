@@ -37,8 +37,12 @@ def _parser() -> argparse.ArgumentParser:
         help="set each latency-critical SLO to this multiple of its solo p99",
     )
     p.add_argument("--sweep", action="store_true", help="sweep fixed:K and compare with deft")
-    p.add_argument("--duration", type=float, default=None,
-                   help="override the workload's duration_s (simulated seconds)")
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="override the workload's duration_s (simulated seconds)",
+    )
     return p
 
 
