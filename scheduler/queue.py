@@ -10,6 +10,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import defaultdict
+from typing import Any
 
 from scheduler.job import Job
 
@@ -73,13 +74,14 @@ class JobQueue:
 
     def _compact(self) -> None:
         """Drop forgotten jobs from every index (the policy in use reads only some of them)."""
-        for heap in (
+        heaps: list[list[Any]] = [
             self._by_arrival,
             self._by_rank,
             self._lc,
             self._timeouts,
             *self._batch.values(),
-        ):
+        ]
+        for heap in heaps:
             heap[:] = [e for e in heap if e[-1].id in self._queued]
             heapq.heapify(heap)
         self._forgotten = 0
