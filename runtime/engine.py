@@ -397,6 +397,19 @@ class Engine:
             "outputs": [s.to_metadata() for s in served.outputs],
         }
 
+    def check_room(self, name: str) -> None:
+        """Refuse at once (``QueueFull``) when ``name``'s queue is already at its bound, before
+        the caller spends anything on the request; ``infer`` checks again and reserves."""
+        served = self.model(name)
+        entry = self._models[name]
+        if entry.outstanding >= served.max_queue_size:
+            settings = self.scheduler.settings.get(name) or self.settings_for(name, served)
+            self.metrics.requests.labels(name, settings.priority.value, "refused").inc()
+            raise QueueFull(
+                f"model '{name}' has {entry.outstanding} requests queued, its limit",
+                retry_after_s=self.options.retry_after_s,
+            )
+
     async def infer(
         self,
         name: str,

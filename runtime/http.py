@@ -157,6 +157,7 @@ def build_router(
         request: Request, model_name: str, model_version: str | None = None
     ) -> Response:
         served = engine.model(model_name)
+        engine.check_room(model_name)  # a full queue costs the server no body read, no decode
         try:
             body = await _read_body(request, limits.max_body_bytes)
         except ClientDisconnect:
