@@ -36,7 +36,7 @@ LC_PRIORITY = 1  # tritonclient's highest request-level priority
 @dataclass(frozen=True)
 class Phases:
     solo_s: float = 4.0
-    batch_only_s: float = 4.0
+    batch_only_s: float = 6.0
     warm_s: float = 1.5
     mixed_scale: float = 1.0
     probe_requests: int = 100
