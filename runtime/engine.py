@@ -120,7 +120,7 @@ class EngineOptions:
     retry_after_s: float = 1.0
     cli_settings: Mapping[str, ModelSettings] = field(default_factory=dict)
     cpu_lane: bool | None = None  # None: on for a CPU device with a preemptive policy
-    batch_nice: int = 10  # OS nice value of the batch executor thread when the lane is on
+    batch_nice: int = 0  # OS nice value of the batch executor thread when the lane is on
     batch_threads: int | None = None  # intra-op threads of the batch executor (None: torch's)
     lane_threads: int = 1  # intra-op threads of the latency-critical lane
 
