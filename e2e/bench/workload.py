@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scheduler.priority import Priority, SchedulerError
-from scheduler.sim.workload import Arrival, WorkloadError, parse_arrival
+from scheduler.priority import Priority
+from scheduler.sim.workload import Arrival, WorkloadError, parse_arrival, parse_stream_basics
 
 SLO_FACTOR_KEY = "solo_p99_factor"
 
@@ -154,16 +154,7 @@ def parse_bench_workload(data: Any) -> BenchWorkload:
         where = f"streams[{i}]"
         if not isinstance(s, Mapping):
             raise WorkloadError(where, "must be an object")
-        model = s.get("model")
-        if model not in models:
-            raise WorkloadError(f"{where}.model", f"names an unknown model {model!r}")
-        try:
-            priority = Priority.parse(s.get("priority", "batch"))
-        except SchedulerError as exc:
-            raise WorkloadError(f"{where}.priority", str(exc)) from None
-        bs = s.get("batch_size", 1)
-        if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
-            raise WorkloadError(f"{where}.batch_size", f"must be a positive integer, got {bs!r}")
+        model, priority, bs = parse_stream_basics(s, where, models)
         slo = _parse_slo(s.get("slo_ms"), f"{where}.slo_ms")
         if priority is Priority.LATENCY_CRITICAL and slo == SloSpec():
             raise WorkloadError(f"{where}.slo_ms", "is required for a latency-critical stream")

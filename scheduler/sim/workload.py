@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -118,6 +118,23 @@ def parse_arrival(data: Any, where: str) -> Arrival:
     return Arrival(kind, offsets_ms=tuple(sorted(float(x) for x in offsets)))
 
 
+def parse_stream_basics(
+    s: Mapping[str, Any], where: str, models: Collection[str]
+) -> tuple[str, Priority, int]:
+    """A stream's ``model`` (one of ``models``), ``priority`` and ``batch_size``."""
+    model = s.get("model")
+    if model not in models:
+        raise WorkloadError(f"{where}.model", f"names an unknown model {model!r}")
+    try:
+        priority = Priority.parse(s.get("priority", "batch"))
+    except SchedulerError as exc:
+        raise WorkloadError(f"{where}.priority", str(exc)) from None
+    bs = s.get("batch_size", 1)
+    if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
+        raise WorkloadError(f"{where}.batch_size", f"must be a positive integer, got {bs!r}")
+    return str(model), priority, bs
+
+
 def parse_workload(data: Any) -> Workload:
     data = _obj(data, "workload")
     name = data.get("name", "workload")
@@ -164,16 +181,7 @@ def parse_workload(data: Any) -> Workload:
     for i, s in enumerate(streams_raw):
         where = f"streams[{i}]"
         s = _obj(s, where)
-        model = s.get("model")
-        if model not in models:
-            raise WorkloadError(f"{where}.model", f"names an unknown model {model!r}")
-        try:
-            priority = Priority.parse(s.get("priority", "batch"))
-        except SchedulerError as exc:
-            raise WorkloadError(f"{where}.priority", str(exc)) from None
-        bs = s.get("batch_size", 1)
-        if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
-            raise WorkloadError(f"{where}.batch_size", f"must be a positive integer, got {bs!r}")
+        model, priority, batch_size = parse_stream_basics(s, where, models)
         slo = _num(s, "slo_ms", f"{where}.", positive=True, required=False)
         if priority is Priority.LATENCY_CRITICAL and slo is None:
             raise WorkloadError(f"{where}.slo_ms", "is required for a latency-critical stream")
@@ -182,7 +190,7 @@ def parse_workload(data: Any) -> Workload:
             Stream(
                 model,
                 priority,
-                bs,
+                batch_size,
                 parse_arrival(s.get("arrival"), f"{where}.arrival"),
                 slo,
                 timeout,
