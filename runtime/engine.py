@@ -171,7 +171,7 @@ class Engine:
             metrics,
             # with the CPU lane, batch work runs at a lower OS priority than everything else
             nice=options.batch_nice if self.gate is not None else 0,
-            threads=options.batch_threads or torch.get_num_threads(),
+            threads=options.batch_threads,
         )
         # CPU lane: latency-critical jobs run on a thread of their own while batch work
         # yields at its next unit boundary (DESIGN.md, "Preemption mechanism").

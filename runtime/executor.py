@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
+import functools
+import glob
 import logging
 import os
 import threading
@@ -72,6 +76,29 @@ class Pending:
         # a closed event loop raises RuntimeError: nobody is waiting any more
         with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(_set)
+
+
+@functools.cache
+def _openmp() -> ctypes.CDLL | None:
+    here = os.path.join(os.path.dirname(torch.__file__), "lib")
+    for path in sorted(glob.glob(os.path.join(here, "libgomp*.so*"))):
+        return ctypes.CDLL(path)
+    found = ctypes.util.find_library("gomp")
+    return ctypes.CDLL(found) if found else None
+
+
+def limit_intra_op_threads(threads: int) -> None:
+    """Give the calling thread's torch ops ``threads`` OpenMP threads, leaving every other
+    thread's setting alone (``torch.set_num_threads`` also changes the process default that
+    ATen applies to each thread on its first op, e.g. to the batch executor's)."""
+    current = torch.get_num_threads()  # first: ATen initialises this thread's team size
+    if current == threads:
+        return
+    gomp = _openmp()
+    if gomp is None:
+        log.warning("cannot size this thread's OpenMP team; it keeps %d threads", current)
+        return
+    gomp.omp_set_num_threads(threads)
 
 
 class ThreadInbox:
@@ -483,8 +510,7 @@ class Executor:
 
     def _run(self) -> None:
         if self.threads:
-            # per thread under OpenMP: this executor's intra-op team only
-            torch.set_num_threads(self.threads)
+            limit_intra_op_threads(self.threads)
         if self.nice:
             # Linux applies nice values per thread; torch's OpenMP workers are created by
             # this thread on its first parallel op and inherit the value.
