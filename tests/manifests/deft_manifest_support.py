@@ -150,3 +150,11 @@ def quantity(value: object) -> float:
         if text.endswith(suffix):
             return float(text[: -len(suffix)]) * suffixes[suffix]
     return float(text)
+
+
+def crd_errors(doc: dict[str, Any]) -> list[str]:
+    """Where ``doc`` breaks its KServe CRD schema ("path: message"); empty when it fits."""
+    validator = crd_validator(doc["kind"], doc["apiVersion"])
+    return [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc)
+    ]

@@ -11,7 +11,7 @@ from deft_manifest_support import (
     MANIFESTS,
     SPEC_HELP,
     all_documents,
-    crd_validator,
+    crd_errors,
     documents,
     kubectl,
     kustomizations,
@@ -40,15 +40,9 @@ def schemas() -> None:
         pytest.skip(SPEC_HELP)
 
 
-def errors_of(doc: dict) -> list[str]:
-    validator = crd_validator(doc["kind"], doc["apiVersion"])
-    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
-            for e in validator.iter_errors(doc)]
-
-
 @pytest.mark.parametrize("doc", [d for _, d in KSERVE_DOCS], ids=[i for i, _ in KSERVE_DOCS])
 def test_kserve_objects_match_the_crd(schemas, doc):
-    assert errors_of(doc) == []
+    assert crd_errors(doc) == []
 
 
 def test_every_kserve_kind_is_covered():
@@ -62,7 +56,7 @@ def test_kustomize_output_matches_the_crds(schemas):
     for directory in kustomizations():
         for doc in kustomize_build(directory):
             if doc["kind"] in KSERVE_KINDS:
-                assert errors_of(doc) == [], (directory, doc["metadata"]["name"])
+                assert crd_errors(doc) == [], (directory, doc["metadata"]["name"])
                 checked += 1
     assert checked >= 10
 
@@ -80,7 +74,7 @@ def test_kustomize_output_matches_the_crds(schemas):
 def test_the_schema_check_catches_mistakes(schemas, mutate, expected):
     doc = copy.deepcopy(RUNTIMES[0][1])
     mutate(doc)
-    assert any(expected in e for e in errors_of(doc)), errors_of(doc)
+    assert any(expected in e for e in crd_errors(doc)), crd_errors(doc)
 
 
 def container(doc: dict) -> dict:

@@ -10,7 +10,7 @@ import pytest
 from deft_manifest_support import (
     MANIFESTS,
     SPEC_HELP,
-    crd_validator,
+    crd_errors,
     documents,
     kubectl,
     kustomize_build,
@@ -37,15 +37,9 @@ def schemas() -> None:
         pytest.skip(SPEC_HELP)
 
 
-def errors_of(doc: dict) -> list[str]:
-    validator = crd_validator(doc["kind"], doc["apiVersion"])
-    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
-            for e in validator.iter_errors(doc)]
-
-
 @pytest.mark.parametrize("doc", [d for _, d in DOCS], ids=[i for i, _ in DOCS])
 def test_objects_match_the_crds(schemas, doc):
-    assert errors_of(doc) == []
+    assert crd_errors(doc) == []
 
 
 @pytest.mark.parametrize("mutate,expected", [
@@ -56,7 +50,7 @@ def test_objects_match_the_crds(schemas, doc):
 def test_the_schema_check_catches_mistakes(schemas, mutate, expected):
     doc = copy.deepcopy(RUNTIME)
     mutate(doc)
-    assert any(expected in e for e in errors_of(doc)), errors_of(doc)
+    assert any(expected in e for e in crd_errors(doc)), crd_errors(doc)
 
 
 def container() -> dict:
@@ -152,4 +146,4 @@ def test_kustomizations_build_and_match_the_crds(schemas, directory):
     docs = kustomize_build(directory)
     assert docs
     for doc in docs:
-        assert errors_of(doc) == [], doc["metadata"]["name"]
+        assert crd_errors(doc) == [], doc["metadata"]["name"]
