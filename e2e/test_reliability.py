@@ -25,10 +25,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 from torch import nn
 
 from e2e.server import RuntimeProcess
+from e2e.soak import server_counts
 from runtime.codec import encode_request
 
 pytestmark = pytest.mark.e2e
@@ -145,20 +145,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def server_counts(url: str) -> tuple[dict[tuple[str, str], float], float]:
-    text = httpx.get(f"http://{url}/metrics", timeout=10).text
-    counts: dict[tuple[str, str], float] = {}
-    depth = 0.0
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == "deft_requests_total":
-                key = (s.labels["model"], s.labels["outcome"])
-                counts[key] = counts.get(key, 0.0) + s.value
-            elif s.name == "deft_queue_depth":
-                depth += s.value
-    return counts, depth
 
 
 def percentile(values: list[float], q: float) -> float:
