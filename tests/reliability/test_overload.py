@@ -84,11 +84,16 @@ def test_overload_is_refused_at_once_and_everything_accepted_is_answered():
             assert int(r.headers["retry-after"]) >= 1
             assert "queued" in r.json()["error"]
     refusal_times = sorted(s for status, s, _ in batch if status == 429)
-    assert refusal_times[int(0.99 * len(refusal_times))] < 0.1  # refused at once, not queued
+    accepted_times = sorted(s for status, s, _ in batch if status == 200)
+    # refused at once, not queued: faster than the answers of the requests that were queued
+    assert refusal_times[int(0.99 * len(refusal_times))] < statistics.median(accepted_times)
     # the latency-critical model kept answering, and promptly
     assert lc_answers and all(status == 200 for status, _ in lc_answers)
     lc_times = sorted(s for _, s in lc_answers)
-    assert statistics.median(lc_times) < 0.05 and lc_times[-1] < 0.5, lc_times
+    # relative to the overloaded model's own answers, not wall-clock thresholds: a shared
+    # machine stretches both, while waiting in the batch queue would put them level
+    assert statistics.median(lc_times) < statistics.median(accepted_times) / 2, lc_times
+    assert lc_times[-1] < accepted_times[-1], lc_times
     # what the server held never went past the queue bounds; nothing is left behind
     assert max(result["held"]) <= BOUND + 8
     assert engine.outstanding == 0
