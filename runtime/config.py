@@ -30,6 +30,7 @@ class RuntimeConfig:
     launch_overhead_us: float | None
     sync_overhead_us: float | None
     cpu_threads: int | None
+    batch_sched: str
     batch_nice: int
     grace_period_s: int
     retry_after_s: float
@@ -67,8 +68,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--launch_overhead_us", type=float, default=None)
     p.add_argument("--sync_overhead_us", type=float, default=None)
     p.add_argument("--cpu_threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--batch_sched", default="idle", choices=("idle", "normal"),
+                   help="CPU lane: OS scheduling of the batch executor thread: 'idle' "
+                   "(SCHED_IDLE: it runs only on cores the serving threads leave; default) "
+                   "or 'normal' (at nice --batch_nice)")
     p.add_argument("--batch_nice", type=int, default=0, choices=range(0, 20), metavar="0..19",
-                   help="CPU lane: OS nice value of the batch executor thread (default 0)")
+                   help="CPU lane with --batch_sched normal: OS nice value of the batch "
+                   "executor thread (default 0)")
     p.add_argument("--grace_period", type=int, default=30, help="seconds to drain on SIGTERM")
     p.add_argument("--retry_after_s", type=float, default=1.0)
     p.add_argument("--priority", default=None, choices=[x.value for x in Priority],
@@ -135,6 +141,7 @@ def parse_args(argv: list[str]) -> tuple[RuntimeConfig, list[str]]:
         launch_overhead_us=args.launch_overhead_us,
         sync_overhead_us=args.sync_overhead_us,
         cpu_threads=args.cpu_threads,
+        batch_sched=args.batch_sched,
         batch_nice=args.batch_nice,
         grace_period_s=args.grace_period,
         retry_after_s=args.retry_after_s,

@@ -120,7 +120,10 @@ class EngineOptions:
     retry_after_s: float = 1.0
     cli_settings: Mapping[str, ModelSettings] = field(default_factory=dict)
     cpu_lane: bool | None = None  # None: on for a CPU device with a preemptive policy
-    batch_nice: int = 0  # OS nice value of the batch executor thread when the lane is on
+    # with the lane on, the batch executor thread runs under SCHED_IDLE ("idle") or at
+    # nice ``batch_nice`` ("normal")
+    batch_sched: str = "idle"
+    batch_nice: int = 0
     batch_threads: int | None = None  # intra-op threads of the batch executor (None: torch's)
     lane_threads: int = 1  # intra-op threads of the latency-critical lane
 
@@ -171,6 +174,7 @@ class Engine:
             metrics,
             # with the CPU lane, batch work runs at a lower OS priority than everything else
             nice=options.batch_nice if self.gate is not None else 0,
+            idle=self.gate is not None and options.batch_sched == "idle",
             threads=options.batch_threads,
         )
         # CPU lane: latency-critical jobs run on a thread of their own while batch work

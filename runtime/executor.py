@@ -475,15 +475,43 @@ class ResultListener:
             )
 
 
+def lower_thread_priority(name: str, nice: int, idle: bool) -> str:
+    """Lowers the OS priority of the calling thread; returns what was applied.
+
+    Linux schedules threads, not processes: the policy and nice value set here apply to this
+    thread, and torch's OpenMP workers, which this thread creates on its first parallel op,
+    inherit them. ``idle`` asks for ``SCHED_IDLE``: the thread runs only on cores nothing
+    else wants, and any other thread of the server that wakes up (the event loop, the
+    latency-critical lane) takes the core at once rather than at the next time slice. Where
+    that policy is refused, nice 19 is the nearest thing.
+    """
+    tid = threading.get_native_id()
+    if idle:
+        try:
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+            return "idle"
+        except (OSError, AttributeError):
+            log.warning("SCHED_IDLE refused for the %s thread; using nice 19", name)
+            nice = 19
+    if nice:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+            return f"nice {nice}"
+        except (OSError, AttributeError):
+            log.warning("cannot lower the priority of the %s thread", name)
+    return "normal"
+
+
 class Executor:
     """The executor thread. Restarts its loop if the loop itself raises; ``alive`` tells
     whether the thread runs (the engine reports not-ready and starts a new one if not)."""
 
     def __init__(
         self, loop: ExecutorLoop, inbox: ThreadInbox, metrics: Metrics, nice: int = 0,
-        name: str = "deft-executor", threads: int | None = None,
+        name: str = "deft-executor", threads: int | None = None, idle: bool = False,
     ) -> None:
         self.threads = threads
+        self.idle = idle
         self.loop = loop
         self.inbox = inbox
         self.metrics = metrics
@@ -511,13 +539,9 @@ class Executor:
     def _run(self) -> None:
         if self.threads:
             limit_intra_op_threads(self.threads)
-        if self.nice:
-            # Linux applies nice values per thread; torch's OpenMP workers are created by
-            # this thread on its first parallel op and inherit the value.
-            try:
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
-            except (OSError, AttributeError):
-                log.warning("cannot lower the priority of the %s thread", self.name)
+        if self.nice or self.idle:
+            applied = lower_thread_priority(self.name, self.nice, self.idle)
+            log.info("%s thread: %s OS scheduling", self.name, applied)
         while not self._stopping:
             try:
                 self.loop.run()

@@ -80,6 +80,7 @@ def build_engine(cfg: RuntimeConfig, metrics: Metrics) -> tuple[Engine, Path]:
         cli = {name: cfg.default_settings for name in available()}
     options = EngineOptions(
         policy=cfg.policy, device=str(device), costs=costs, retry_after_s=cfg.retry_after_s,
+        batch_sched=cfg.batch_sched,
         batch_nice=cfg.batch_nice,
         cli_settings=cli,
     )

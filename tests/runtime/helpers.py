@@ -50,7 +50,7 @@ def served_mlp(name: str = "mlp", priority: Priority = Priority.BATCH,
 
 
 def make_engine(models: list[ServedModel], policy: str = "deft", clock=None,
-                names: list[str] | None = None) -> Engine:
+                names: list[str] | None = None, options: EngineOptions | None = None) -> Engine:
     by_name = {m.name: m for m in models}
 
     def loader(name: str) -> ServedModel:
@@ -60,7 +60,7 @@ def make_engine(models: list[ServedModel], policy: str = "deft", clock=None,
             raise ModelNotFound(name)
         return by_name[name]
 
-    engine = Engine(loader, lambda: sorted(names or by_name), EngineOptions(policy=policy),
+    engine = Engine(loader, lambda: sorted(names or by_name), options or EngineOptions(policy=policy),
                     Metrics(CollectorRegistry()), clock=clock)
     for m in models:
         engine.add_served(m)

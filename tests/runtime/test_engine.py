@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 
 import numpy as np
 import pytest
 import torch
 
+from runtime.engine import EngineOptions
 from runtime.errors import InferenceFailed, QueueFull, RequestTimeout, ShuttingDown
 from runtime.priorities import PriorityFileWatcher
 from scheduler.clock import FakeClock
@@ -200,3 +202,59 @@ def test_outputs_match_the_whole_model_under_dynamic_batching_and_micro_batches(
         for x, r in zip(xs, results, strict=True):
             np.testing.assert_allclose(r["y"], module(torch.from_numpy(x)).numpy(), rtol=1e-5)
     engine.stop(1.0)
+
+
+def _policy_of(executor) -> int:
+    return os.sched_getscheduler(executor._thread.native_id)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policies")
+def test_with_the_cpu_lane_batch_work_runs_under_sched_idle_and_the_lane_does_not():
+    model, _ = served_mlp()
+    engine = make_engine([model])
+    engine.start()
+    try:
+        assert run(engine.infer("mlp", {"x": X}))["y"].shape == (1, 3)
+        assert _policy_of(engine.executor) == os.SCHED_IDLE
+        assert _policy_of(engine.lc_executor) == os.SCHED_OTHER
+    finally:
+        engine.stop(1.0)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling policies")
+def test_normal_batch_scheduling_keeps_the_executor_at_its_nice_value():
+    model, _ = served_mlp()
+    engine = make_engine([model], options=EngineOptions(batch_sched="normal", batch_nice=3))
+    engine.start()
+    try:
+        assert run(engine.infer("mlp", {"x": X}))["y"].shape == (1, 3)
+        tid = engine.executor._thread.native_id
+        assert _policy_of(engine.executor) == os.SCHED_OTHER
+        assert os.getpriority(os.PRIO_PROCESS, tid) == 3
+    finally:
+        engine.stop(1.0)
+
+
+def test_without_the_cpu_lane_nothing_is_lowered():
+    model, _ = served_mlp()
+    engine = make_engine([model], policy="fifo")
+    engine.start()
+    try:
+        assert run(engine.infer("mlp", {"x": X}))["y"].shape == (1, 3)
+        assert engine.lc_executor is None
+        assert _policy_of(engine.executor) == os.SCHED_OTHER
+    finally:
+        engine.stop(1.0)
+
+
+def test_a_refused_sched_idle_falls_back_to_nice_19(monkeypatch):
+    from runtime import executor as ex
+
+    def refuse(*_a):
+        raise PermissionError("not allowed")
+
+    applied = []
+    monkeypatch.setattr(ex.os, "sched_setscheduler", refuse)
+    monkeypatch.setattr(ex.os, "setpriority", lambda _w, _t, n: applied.append(n))
+    assert ex.lower_thread_priority("t", 0, idle=True) == "nice 19"
+    assert applied == [19]
