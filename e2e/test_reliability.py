@@ -36,6 +36,7 @@ pytestmark = pytest.mark.e2e
 TOKEN = "reliability-token"
 BULK_BOUND = 4
 BULK_ROWS = 64
+LC_SLO_S = 0.05  # the lc model's slo_ms
 MIB = 1024 * 1024
 RACE_S = 0.05  # a connection opened this close to SIGTERM may be refused: never admitted
 
@@ -82,7 +83,7 @@ def _export(folder: Path, module: nn.Module, width: int, max_batch: int, config:
 
 def write_repository(root: Path, marker: Path) -> Path:
     _export(root / "lc", _mlp([16, 32, 4], 0), 16, 4, {
-        "priority": "latency-critical", "slo_ms": 50, "max_batch_size": 4, "max_units": 2,
+        "priority": "latency-critical", "slo_ms": LC_SLO_S * 1000, "max_batch_size": 4, "max_units": 2,
         "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 16]}],
         "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 4]}]})
     _export(root / "bulk", _mlp([1024] * 8 + [8], 1), 1024, BULK_ROWS, {
@@ -312,7 +313,10 @@ def test_overload_is_refused_at_once_and_latency_critical_keeps_answering(server
     assert percentile(refusal, 0.99) < 0.25  # refused at once, never queued
     assert lc and all(s == 200 for s, _ in lc)
     lc_times = [sec for _, sec in lc]
-    assert statistics.median(lc_times) < 0.1 and percentile(lc_times, 0.99) < 0.5
+    # the latency-critical model keeps its SLO (50 ms, client round trip included): the
+    # flood is refused before its bodies are read, and batch work runs at idle OS priority
+    attained = sum(sec <= LC_SLO_S for sec in lc_times) / len(lc_times)
+    assert attained >= 0.9, (attained, sorted(lc_times)[-5:])
     # the server's own counts agree; nothing is left queued; memory stayed bounded
     delta = {k: after_counts.get(k, 0) - before_counts.get(k, 0) for k in after_counts}
     assert delta.get(("bulk", "ok"), 0) == accepted
@@ -324,7 +328,8 @@ def test_overload_is_refused_at_once_and_latency_critical_keeps_answering(server
           f"0 lost; refusal p99 {1000 * percentile(refusal, 0.99):.1f} ms; "
           f"answered batch p50 {1000 * statistics.median(served):.0f} ms; "
           f"latency-critical {len(lc)} requests p50 {1000 * statistics.median(lc_times):.1f} ms "
-          f"p99 {1000 * percentile(lc_times, 0.99):.1f} ms; RSS {rss_before:.0f} -> peak "
+          f"p99 {1000 * percentile(lc_times, 0.99):.1f} ms, SLO ({1000 * LC_SLO_S:.0f} ms) met "
+          f"{100 * attained:.1f}%; RSS {rss_before:.0f} -> peak "
           f"{max(rss_peak):.0f} -> {rss_after:.0f} MB")
 
 

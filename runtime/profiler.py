@@ -34,8 +34,8 @@ from runtime.segments import SegmentedModel
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WARMUP = 1
-DEFAULT_REPEATS = 3
+DEFAULT_WARMUP = 2
+DEFAULT_REPEATS = 5
 CACHE_FORMAT = 1
 
 Profile = dict[str, list[float]]

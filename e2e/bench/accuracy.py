@@ -133,7 +133,7 @@ def _preemption(seg: Any, inputs: Mapping, ends: Sequence[int], jobs: int,
 def predictor_accuracy(
     model_dir: Path,
     *,
-    repeats: int = 5,
+    repeats: int = 9,
     preemption_jobs: int = 4,
     cache_dir: Path | None = None,
     device: str = "cpu",
@@ -162,11 +162,15 @@ def predictor_accuracy(
         for bs in sizes:
             inputs = cfg.example_inputs(bs, device)
             durations = predictor.flat_durations(profile, bs)
-            for plan_name in ("one chunk", "every unit"):
-                plan = _plan(plan_name, n)
+            plans = {name: _plan(name, n) for name in ("one chunk", "every unit")}
+            # the plans take turns, so drift in the machine's speed affects both alike
+            times: dict[str, list[float]] = {name: [] for name in plans}
+            for _ in range(repeats):
+                for plan_name, plan in plans.items():
+                    times[plan_name] += _time_plan(seg, inputs, plan.chunk_ends, 1, device)
+            for plan_name, plan in plans.items():
                 predicted = predictor.predict(durations, plan).inference_delay
-                measured = statistics.median(
-                    _time_plan(seg, inputs, plan.chunk_ends, repeats, device))
+                measured = statistics.median(times[plan_name])
                 rows.append({
                     "model": source.name, "batch_size": bs, "plan": plan_name, "units": n,
                     "predicted_ms": round(predicted * 1e3, 3),
@@ -235,6 +239,38 @@ def profile_agreement(model_dir: Path, profile: Mapping[str, Any], cache_dir: Pa
             bs, device), [n], repeats, device))
         out[source.name] = round(measured / (sum(rows[str(bs)]) / 1e6), 3)
     return out
+
+
+class InProcess:
+    """A model's compute throughput in this process (no HTTP), whole runs back to back at one
+    batch size: what a server's throughput over HTTP is compared with. Measured right before
+    and right after the server runs, so both figures see the same machine."""
+
+    def __init__(self, model_dir: Path, model: str, batch_size: int, cache_dir: Path | None,
+                 device: str = "cpu") -> None:
+        from runtime import model_repository as repo
+
+        self.batch_size = batch_size
+        self.device = device
+        self._loaded = repo.load(repo.find(model_dir, model), device, cache_dir=cache_dir)
+        self._inputs = self._loaded.config.example_inputs(batch_size, device)
+        self.samples: list[float] = []  # items/s, one per measurement
+
+    def measure(self, seconds: float) -> float:
+        seg = self._loaded.model
+        ends = [seg.num_units]
+        _time_plan(seg, self._inputs, ends, 1, self.device)  # warm
+        took: list[float] = []
+        while sum(took) < seconds:
+            took += _time_plan(seg, self._inputs, ends, 1, self.device)
+        rate = self.batch_size * len(took) / sum(took)
+        self.samples.append(rate)
+        return rate
+
+    def summary(self) -> dict[str, Any]:
+        return {"items_per_s": round(statistics.fmean(self.samples), 3) if self.samples
+                else None, "samples": [round(x, 3) for x in self.samples],
+                "batch_size": self.batch_size}
 
 
 # ---------------------------------------------------------------------------------------------
