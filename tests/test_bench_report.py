@@ -112,6 +112,25 @@ def test_checks(result):
     assert legacy["value"] == pytest.approx(30.4 / (32 * 0.96), abs=1e-3)
 
 
+def test_replay_check_says_the_cpu_lane_is_modelled(result):
+    rows = result["simulator"]["replay"]["pair"]["rows"]
+    rows.append(dict(rows[0], policy="layer", error=0.5))
+    plain = [c["check"] for c in report.checks(result) if c["check"].startswith("simulator")]
+    assert len(plain) == 1 and "CPU lane" not in plain[0]
+    assert "(simulated device + measured solo transport)" in plain[0]
+    result["simulator"]["replay"]["pair"]["cpu_lane"] = True
+    checks = [c for c in report.checks(result) if "simulat" in c["check"]]
+    assert [c["check"] for c in checks] == [
+        "simulator replay predicts deft's latency-critical p99 within 25% (simulated device "
+        "with the runtime's CPU lane + measured solo transport)"]
+    assert checks[0]["value"] == 0.1 and checks[0]["pass"] is True
+    assert not any("`layer`" in c["check"] for c in report.checks(result))
+    md = report.markdown(result)
+    assert "the simulator models the runtime's CPU lane" in md
+    result["simulator"]["replay"]["pair"]["cpu_lane"] = False
+    assert "models the runtime's CPU lane" not in report.markdown(result)
+
+
 def test_checks_without_peers(result):
     result["systems"] = result["systems"][:1]
     labels = [c["check"] for c in report.checks(result)]

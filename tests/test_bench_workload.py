@@ -126,6 +126,18 @@ def test_to_sim_workload_fills_profiles_slos_and_device():
         to_sim_workload(wl, {"det": {"1": [1.0]}}, {}, {})
     with pytest.raises(WorkloadError, match="no profile"):
         to_sim_workload(wl, {}, {0: 1.0}, {})
+    assert "cpu_lane" not in out["device"] and not parse_workload(out).cpu_lane
+
+
+def test_to_sim_workload_cpu_lane():
+    """On a CPU the suite's simulator workload asks for the runtime's CPU lane."""
+    wl = parse_bench_workload(doc())
+    out = to_sim_workload(wl, {"det": {"1": [10.0, 20.0]}}, {0: 7.5},
+                          {"launch_overhead_us": 15, "sync_overhead_us": 0}, cpu_lane=True)
+    assert out["device"] == {"launch_overhead_us": 15, "sync_overhead_us": 0, "cpu_lane": True}
+    sim = parse_workload(json.loads(json.dumps(out)))
+    assert sim.cpu_lane and simulate(sim, "deft").cpu_lane
+    assert not simulate(sim, "fifo").cpu_lane  # as in the runtime: no lane without preemption
 
 
 def test_resolve_slos_uses_reference_solo_p99():

@@ -239,14 +239,15 @@ def simulator_section(mixes: list[BenchWorkload], profile: dict, slos: dict, cos
         if mix_slos is None:
             continue
         profiles = {name: m["profile"] for name, m in profile["models"].items()}
-        sim_wl = to_sim_workload(wl, profiles, mix_slos, device)
+        # On a CPU the runtime runs its CPU lane for the preemptive policies: the workload
+        # says so, and the simulator models it (fifo and priority ignore it, as the runtime).
+        lane = device_type == "cpu" and "deft" in deft_runs
+        sim_wl = to_sim_workload(wl, profiles, mix_slos, device, cpu_lane=lane)
         path = raw / f"sim-{wl.name}.json"
         path.write_text(json.dumps(sim_wl, indent=1) + "\n")
         sim_files[wl.name] = sim_wl
         policies = [p for p in SIM_POLICIES if p in deft_runs] or ["deft"]
-        lane = device_type == "cpu" and "deft" in deft_runs
-        sim = simulate_mix(sim_wl, policies + (["layer"] if lane and "layer" not in policies
-                                               else []))
+        sim = simulate_mix(sim_wl, policies)
         lc_index = next(s.index for s in wl.streams if s.latency_critical)
         measured = {}
         rows = []
@@ -261,16 +262,9 @@ def simulator_section(mixes: list[BenchWorkload], profile: dict, slos: dict, cos
                 is not None and sim_solo is not None else None
             rows += report.replay_rows({policy: sim["policies"][policy]}, measured, transport,
                                        lc_index)
-            if lane and policy == "deft":
-                # On a CPU the runtime's lane runs latency-critical jobs on their own thread
-                # and batch work yields at every unit boundary, whatever the plan: closest to
-                # the simulator's `layer`. Shown beside the strict same-policy comparison.
-                rows += [dict(r, policy="deft (CPU lane as layer)") for r in
-                         report.replay_rows({"deft": sim["policies"]["layer"]}, measured,
-                                            transport, lc_index)]
         out["replay"][wl.name] = {"workload": str(path.relative_to(ROOT)) if
                                   path.is_relative_to(ROOT) else str(path), "rows": rows,
-                                  "simulated": sim["policies"]}
+                                  "cpu_lane": lane, "simulated": sim["policies"]}
         log(f"  simulator {wl.name}: " + ", ".join(
             f"{r['policy']} {r['sim_p99_ms']}+{r['transport_ms']} vs {r['measured_p99_ms']} ms"
             for r in rows))

@@ -203,12 +203,14 @@ def to_sim_workload(
     device: Mapping[str, float],
     duration_s: float | None = None,
     strict: bool = True,
+    cpu_lane: bool = False,
 ) -> dict[str, Any]:
     """The simulator's workload (a JSON-ready dict): profiles from ``profiles`` (model ->
     ``{"<batch>": [µs, ...]}``, the profiler's shape) where the file has none, every SLO
     resolved (``slo_ms``: stream index -> ms, used for factor SLOs), ``device`` where the file
     gives none. With ``strict`` False a factor SLO missing from ``slo_ms`` is left out
-    (:func:`resolve_in_simulator` fills it)."""
+    (:func:`resolve_in_simulator` fills it). ``cpu_lane`` sets ``device.cpu_lane``: the
+    simulator then models the runtime's CPU lane for the preemptive policies."""
     models = {}
     for name, entry in wl.models.items():
         profile = entry.get("profile") or profiles.get(name)
@@ -225,11 +227,14 @@ def to_sim_workload(
         if slo is not None:
             out["slo_ms"] = slo
         streams.append(out)
+    sim_device: dict[str, Any] = dict(wl.device) if wl.device else dict(device)
+    if cpu_lane:
+        sim_device["cpu_lane"] = True
     return {
         "name": wl.name,
         "duration_s": duration_s or wl.duration_s,
         "seed": wl.seed,
-        "device": dict(wl.device) if wl.device else dict(device),
+        "device": sim_device,
         "models": models,
         "streams": streams,
     }
@@ -276,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="the JSON that `python -m runtime profile --out` writes")
     p.add_argument("--launch_overhead_us", type=float, default=15.0)
     p.add_argument("--sync_overhead_us", type=float, default=0.0)
+    p.add_argument("--cpu_lane", action="store_true",
+                   help="model the runtime's CPU lane in the simulator (device.cpu_lane)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     try:
@@ -283,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         models = json.loads(args.profile.read_text())["models"]
         sim = to_sim_workload(wl, {k: v["profile"] for k, v in models.items()}, {},
                               {"launch_overhead_us": args.launch_overhead_us,
-                               "sync_overhead_us": args.sync_overhead_us}, strict=False)
+                               "sync_overhead_us": args.sync_overhead_us}, strict=False,
+                              cpu_lane=args.cpu_lane)
         sim = resolve_in_simulator(wl, sim)
     except (WorkloadError, OSError, KeyError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -4,6 +4,12 @@ Runs a workload on the simulated device. ``--slo-factor F`` first measures every
 latency-critical stream alone and sets its SLO to F x its solo p99. ``--sweep`` runs
 ``fixed:K`` for K = 1, 2, 4, ... and ``deft``, and prints the trade-off between batch
 inference delay and latency-critical p99.
+
+``--cpu_lane`` models the runtime's CPU lane (what it runs on a CPU with a preemptive
+policy): latency-critical jobs run on a thread of their own as soon as they arrive, one at a
+time, at their solo speed, and batch work pauses at every unit boundary while one is active.
+A workload turns it on with ``"device": {"cpu_lane": true}``; ``--no_cpu_lane`` turns it off.
+``fifo`` and ``priority`` never use the lane. ``--json`` then adds ``"cpu_lane": true``.
 """
 
 from __future__ import annotations
@@ -37,6 +43,24 @@ def _parser() -> argparse.ArgumentParser:
         help="set each latency-critical SLO to this multiple of its solo p99",
     )
     p.add_argument("--sweep", action="store_true", help="sweep fixed:K and compare with deft")
+    lane = p.add_mutually_exclusive_group()
+    lane.add_argument(
+        "--cpu_lane",
+        dest="cpu_lane",
+        action="store_const",
+        const=True,
+        default=None,
+        help="model the runtime's CPU lane: latency-critical jobs run on a thread of their "
+        "own at solo speed and batch work pauses at every unit boundary while one is active "
+        "(preemptive policies only; default: the workload's device.cpu_lane)",
+    )
+    lane.add_argument(
+        "--no_cpu_lane",
+        dest="cpu_lane",
+        action="store_const",
+        const=False,
+        help="one simulated device queue even where the workload asks for the CPU lane",
+    )
     p.add_argument(
         "--duration",
         type=float,
@@ -54,7 +78,7 @@ def apply_slo_factor(workload: Workload, solo: SoloBaselines, factor: float) -> 
     return out
 
 
-def _sweep(workload: Workload, solo: SoloBaselines) -> str:
+def _sweep(workload: Workload, solo: SoloBaselines, cpu_lane: bool | None = None) -> str:
     units = max(p.num_units for p in workload.models.values())
     ks = [1]
     while ks[-1] * 2 < units:
@@ -65,7 +89,7 @@ def _sweep(workload: Workload, solo: SoloBaselines) -> str:
         "|---|---|---|---|---|",
     ]
     for name in [f"fixed:{k}" for k in ks] + ["deft"]:
-        s = summarize(simulate(workload, name), solo)
+        s = summarize(simulate(workload, name, cpu_lane), solo)
         batch = [st for st in s["streams"] if st["priority"] == "batch"]
         lc = [st for st in s["streams"] if st["priority"] == "latency-critical"]
         inf = max((st["inference_p50_ms"] or 0 for st in batch), default=0)
@@ -100,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         workload = apply_slo_factor(workload, solo, args.slo_factor)
         solo = SoloBaselines(workload)
     if args.sweep:
-        print(_sweep(workload, solo))
+        print(_sweep(workload, solo, args.cpu_lane))
         return 0
     if not policies:
         print("error: --policy: name at least one policy", file=sys.stderr)
@@ -108,19 +132,29 @@ def main(argv: list[str] | None = None) -> int:
     summaries = []
     for name in policies:
         t0 = time.perf_counter()
-        s = summarize(simulate(workload, name), solo)
+        s = summarize(simulate(workload, name, args.cpu_lane), solo)
         elapsed = time.perf_counter() - t0
         if args.json:
             print(
                 json.dumps(
-                    {k: s[k] for k in ("policy", "workload", "streams", "preemption_delay_ms")}
+                    {
+                        k: s[k]
+                        for k in (
+                            "policy",
+                            "workload",
+                            "cpu_lane",
+                            "streams",
+                            "preemption_delay_ms",
+                        )
+                    }
                 )
             )
         else:
             summaries.append(s)
             print(
-                f"# {name}: {s['unit_launches']} unit launches, {s['sync_points']} sync "
-                f"points, {s['preemptions']} preemptions, {elapsed:.2f} s",
+                f"# {name}{' (CPU lane)' if s['cpu_lane'] else ''}: {s['unit_launches']} "
+                f"unit launches, {s['sync_points']} sync points, {s['preemptions']} "
+                f"{'batch pauses' if s['cpu_lane'] else 'preemptions'}, {elapsed:.2f} s",
                 file=sys.stderr,
             )
     if summaries:

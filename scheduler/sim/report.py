@@ -61,6 +61,7 @@ def summarize(result: RunResult, solo: SoloBaselines) -> dict[str, Any]:
     return {
         "policy": result.policy,
         "workload": result.workload.name,
+        "cpu_lane": result.cpu_lane,
         "streams": streams,
         "preemption_delay_ms": {
             "p50": _ms(percentile(pds, 0.5)),

@@ -54,6 +54,8 @@ class Workload:
     device: Mapping[str, float]
     models: Mapping[str, Profile]
     streams: tuple[Stream, ...]
+    # the runtime's CPU lane: latency-critical jobs on a thread of their own (engine.py)
+    cpu_lane: bool = False
 
     def only(self, index: int) -> Workload:
         """The same workload with one stream alone on the device."""
@@ -147,6 +149,9 @@ def parse_workload(data: Any) -> Workload:
     device = _obj(data.get("device", {}), "device")
     launch = _num(device, "launch_overhead_us", "device.", required=False, default=0.0) or 0.0
     sync = _num(device, "sync_overhead_us", "device.", required=False, default=0.0) or 0.0
+    cpu_lane = device.get("cpu_lane", False)
+    if not isinstance(cpu_lane, bool):
+        raise WorkloadError("device.cpu_lane", f"must be true or false, got {cpu_lane!r}")
     models_raw = _obj(data.get("models"), "models") if "models" in data else None
     if not models_raw:
         raise WorkloadError("models", "is required and must name at least one model")
@@ -204,6 +209,7 @@ def parse_workload(data: Any) -> Workload:
         {"launch_overhead_us": launch, "sync_overhead_us": sync},
         models,
         tuple(streams),
+        cpu_lane,
     )
 
 

@@ -71,7 +71,8 @@ def test_same_file_and_seed_give_byte_identical_json(tmp_path, capsys):
     lines = [json.loads(x) for x in outs[0].splitlines()]
     assert [x["policy"] for x in lines] == ["deft", "layer", "fifo"]
     for obj in lines:
-        assert set(obj) == {"policy", "workload", "streams", "preemption_delay_ms"}
+        assert set(obj) == {"policy", "workload", "cpu_lane", "streams", "preemption_delay_ms"}
+        assert obj["cpu_lane"] is False
         assert set(obj["preemption_delay_ms"]) == {"p50", "p99"}
         for st in obj["streams"]:
             for key in (
@@ -148,6 +149,8 @@ BAD = [
     ),
     ({"models": {"det": {"profile": {"1": [1, "a"]}}}}, "models.det.profile.1"),
     ({"models": {"det": {"profile": {"1": [1], "2": [1, 2]}}}}, "models.det.profile"),
+    ({"device": {"cpu_lane": "yes"}}, "device.cpu_lane"),
+    ({"device": {"cpu_lane": 1}}, "device.cpu_lane"),
 ]
 
 
