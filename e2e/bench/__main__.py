@@ -120,10 +120,10 @@ def find_mixes(spec: str | None, quick: bool) -> list[Path]:
 
 def profile_models(model_dir: Path, out: Path, cache: Path, device: str, quick: bool) -> dict:
     """``python -m runtime profile`` into a fresh cache that every Deft server then uses."""
-    repeats = "2" if quick else "5"
+    repeats = "2" if quick else "7"
     cmd = [sys.executable, "-m", "runtime", "profile", "--model_dir", str(model_dir),
            "--out", str(out), "--cache_dir", str(cache / "profiles"), "--device", device,
-           "--repeats", repeats, "--warmup", "1"]
+           "--repeats", repeats, "--warmup", "2"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         raise RuntimeError(f"profiling failed:\n{done.stderr[-3000:]}")
@@ -257,8 +257,10 @@ def simulator_section(mixes: list[BenchWorkload], profile: dict, slos: dict, cos
                 measured[policy] = st
         for policy in policies:
             st = measured.get(policy)
-            sim_solo = sim["solo_p50_ms"].get(lc_index)
-            transport = (st["solo_p50_ms"] - sim_solo) if st and st.get("solo_p50_ms") \
+            # what the simulated device leaves out (HTTP, decoding, the client, the OS), at
+            # the percentile being predicted: the server's solo p99 minus the simulated one
+            sim_solo = sim["solo_p99_ms"].get(lc_index)
+            transport = (st["solo_p99_ms"] - sim_solo) if st and st.get("solo_p99_ms") \
                 is not None and sim_solo is not None else None
             rows += report.replay_rows({policy: sim["policies"][policy]}, measured, transport,
                                        lc_index)
@@ -270,7 +272,11 @@ def simulator_section(mixes: list[BenchWorkload], profile: dict, slos: dict, cos
             for r in rows))
     if sim_files:
         first = next(iter(sim_files))
-        out["sweeps"][f"runtime profiles ({first})"] = fixed_k_sweep(sim_files[first])
+        # the trade-off of sync intervals is a property of one shared queue: swept without
+        # the CPU lane (with it every K gives the lane's solo latency)
+        single = {**sim_files[first], "device": {
+            k: v for k, v in sim_files[first]["device"].items() if k != "cpu_lane"}}
+        out["sweeps"][f"runtime profiles ({first}, one queue)"] = fixed_k_sweep(single)
     if DISB_GPU_MIX.is_file():
         disb = json.loads(DISB_GPU_MIX.read_text())
         disb["duration_s"] = 4 if quick else 10
@@ -330,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
 
         t = time.monotonic()
         predictor = predictor_accuracy(
-            model_dir, repeats=2 if quick else 5, preemption_jobs=1 if quick else 4,
+            model_dir, repeats=2 if quick else 9, preemption_jobs=1 if quick else 4,
             batch_sizes=(lambda name, s: [s[-1]]) if quick else None,
             cache_dir=cache / "profiles", device=device, log=log)
         log(f"predictor: median error {predictor['median_error']} "
@@ -344,6 +350,13 @@ def main(argv: list[str] | None = None) -> int:
         if any(s.system == "triton" for s in systems) else None
     if triton_reason:
         log(f"triton: skipped: {triton_reason}")
+    in_process = None
+    batch_stream = next((s for s in mixes[0].streams if not s.latency_critical), None)
+    if batch_stream is not None and any(s.reference for s in systems):
+        from e2e.bench.accuracy import InProcess
+
+        in_process = InProcess(model_dir, batch_stream.model, batch_stream.batch_size,
+                               cache / "profiles", device)
     for spec in systems:
         if spec.system == "triton" and triton_reason:
             skipped.append({"label": spec.label, "reason": triton_reason})
@@ -353,9 +366,18 @@ def main(argv: list[str] | None = None) -> int:
         try:
             server, prio = start_system(spec, model_dir, specs, logs, cache, args.peer_python,
                                         device)
+            if spec.reference and in_process is not None:
+                # the batch model's compute throughput in this process, right before the
+                # reference server runs (and again right after): its HTTP throughput is
+                # compared with what the same machine gives in the same minutes
+                in_process.measure(1.5 if quick else 4.0)
             with server:
                 log(f"{spec.label}: ready in {server.started_s:.1f} s")
                 entry, results = run_system(spec, server, prio, mixes, specs, phases, slos)
+            if spec.reference and in_process is not None:
+                in_process.measure(1.5 if quick else 4.0)
+                log(f"{spec.label}: in-process {batch_stream.model} items/s "
+                    f"{in_process.summary()['samples']}")
         except (RuntimeError, TimeoutError, OSError) as exc:
             log(f"{spec.label}: FAILED: {str(exc)[-1500:]}")
             skipped.append({"label": spec.label, "reason": f"failed: {str(exc)[-300:]}"})
@@ -378,6 +400,9 @@ def main(argv: list[str] | None = None) -> int:
     log(f"simulator: {stage('simulator', t):.0f} s")
 
     legacy = legacy_inputs(mixes[0], profile, predictor)
+    if in_process is not None and in_process.samples:
+        legacy["in_process"] = in_process.summary()
+        legacy["classifier_in_process_items_per_s"] = legacy["in_process"]["items_per_s"]
     result: dict[str, Any] = {
         "machine": machine(device),
         "device": device,

@@ -279,7 +279,7 @@ class InProcess:
 
 def simulate_mix(sim_workload: Mapping[str, Any], policies: Sequence[str]) -> dict[str, Any]:
     """Run a simulator workload (dict) under each policy: ``{policy: summary}`` with the
-    ``--json`` stream fields, plus each latency-critical stream's simulated solo p50."""
+    ``--json`` stream fields, plus each latency-critical stream's simulated solo p50/p99."""
     from scheduler.sim.engine import percentile as sim_percentile
     from scheduler.sim.engine import simulate
     from scheduler.sim.report import SoloBaselines, summarize
@@ -287,11 +287,12 @@ def simulate_mix(sim_workload: Mapping[str, Any], policies: Sequence[str]) -> di
 
     wl = parse_workload(sim_workload)
     solo = SoloBaselines(wl)
-    out: dict[str, Any] = {"policies": {}, "solo_p50_ms": {}}
+    out: dict[str, Any] = {"policies": {}, "solo_p50_ms": {}, "solo_p99_ms": {}}
     for i, s in enumerate(wl.streams):
         if s.priority.value == "latency-critical":
             rec = simulate(wl.only(i), "fifo").records[0]
             out["solo_p50_ms"][i] = round(sim_percentile(rec.latencies, 0.5) * 1e3, 4)
+            out["solo_p99_ms"][i] = round(sim_percentile(rec.latencies, 0.99) * 1e3, 4)
     for policy in policies:
         summary = summarize(simulate(wl, policy), solo)
         out["policies"][policy] = {k: summary[k] for k in

@@ -36,7 +36,7 @@ def main() -> None:
             "name": "pair-poisson",
             "description": "detector, Poisson 20/s, SLO 1.5 x solo p99, beside the classifier "
                            "in batches of 8 from two closed-loop clients",
-            "duration_s": 12, "seed": 1,
+            "duration_s": 20, "seed": 1,
             "models": {"detector": {}, "classifier": {}},
             "streams": [
                 {"model": "detector", "priority": "latency-critical", "slo_ms": SLO,
