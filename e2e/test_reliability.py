@@ -83,7 +83,8 @@ def _export(folder: Path, module: nn.Module, width: int, max_batch: int, config:
 
 def write_repository(root: Path, marker: Path) -> Path:
     _export(root / "lc", _mlp([16, 32, 4], 0), 16, 4, {
-        "priority": "latency-critical", "slo_ms": LC_SLO_S * 1000, "max_batch_size": 4, "max_units": 2,
+        "priority": "latency-critical", "slo_ms": LC_SLO_S * 1000, "max_batch_size": 4,
+        "max_units": 2,
         "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 16]}],
         "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 4]}]})
     _export(root / "bulk", _mlp([1024] * 8 + [8], 1), 1024, BULK_ROWS, {

@@ -159,14 +159,18 @@ class Engine:
         self._started = False
         self._outstanding = 0
         self._idle = threading.Condition()
+        lane = options.lane_enabled()
         self.scheduler = Scheduler(
             options.policy, options.costs, batching=self._batch_limit,
             batch_delay=self._batch_delay,
+            # beside the lane at idle OS priority, latency-critical jobs never wait for a
+            # batch unit to end: splitting batches would only cost throughput
+            split_batches=not (lane and options.batch_sched == "idle"),
         )
         self.inbox = ThreadInbox(self.clock)
         self.inbox.on_cancelled = self._on_cancelled
         self.listener = ResultListener(metrics, self.clock)
-        self.gate = BatchGate(self.clock) if options.lane_enabled() else None
+        self.gate = BatchGate(self.clock) if lane else None
         self.device_runner = TorchDevice(self._served, self.device, self.gate, self._on_yield)
         self.executor = Executor(
             ExecutorLoop(self.scheduler, self.device_runner, self.inbox, self.listener, self.clock),

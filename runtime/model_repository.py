@@ -680,12 +680,15 @@ def load(
     warmup: int = profiler.DEFAULT_WARMUP,
     repeats: int = profiler.DEFAULT_REPEATS,
     progress: bool | None = None,
+    verify_profile: bool = True,
 ) -> LoadedModel:
     """Load one model onto ``device``, split it into units and profile them.
 
     ``max_units`` and ``batch_sizes`` override the config; ``cache_dir`` overrides
     ``profiler.default_cache_dir()``. With ``profile=False`` nothing is timed (units are
-    balanced by node count). Raises ModelLoadError with the reason; nothing is left behind.
+    balanced by node count). ``verify_profile``: check a cached profile against one run and
+    measure again where it is stale (``profiler.prepare``). Raises ModelLoadError with the
+    reason; nothing is left behind.
     """
     began = time.perf_counter()
     device = torch.device(device)
@@ -722,6 +725,7 @@ def load(
             progress=progress,
             measure=profile,
             balance_batch_size=config.max_batch_size,
+            verify=verify_profile,
         )
         if not profile:
             prepared.model(inputs_for(1))  # a model that cannot run fails here, not later

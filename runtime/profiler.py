@@ -256,6 +256,7 @@ def prepare(
     progress: bool | None = None,
     measure: bool = True,
     balance_batch_size: int | None = None,
+    verify: bool = True,
 ) -> Prepared:
     """Split ``program`` (already on ``device``) into balanced units and profile them.
 
@@ -265,6 +266,9 @@ def prepare(
     empty. ``cache`` (None: no cache) keeps both the cuts and the profile. Pieces are timed
     at ``balance_batch_size`` (default: the largest of ``batch_sizes``); keep it fixed
     (the model's max batch size) so the cuts do not depend on which sizes are profiled.
+    With ``verify``, a profile read from the cache is checked against one timed run of the
+    whole model at the largest batch size and measured again where the run is much faster
+    than the profile says (see ``STALE_RATIO``).
     """
     began = time.perf_counter()
     base: dict[str, Any] = {}
@@ -296,6 +300,11 @@ def prepare(
         fields = {**base, "units": model.num_units, "cuts": list(model.cuts)}
         cached = (cache.get("profile", fields) if cache is not None else None) or {}
         missing = [s for s in sizes if not _valid_row(cached.get(str(s)), model.num_units)]
+        if not missing and cache is not None and verify and _stale(
+                model, inputs_for, sizes[-1], cached[str(sizes[-1])]):
+            log.info("the cached profile of %s is slower than the model runs now (it was "
+                     "measured on a busier machine); profiling again", name)
+            missing = sizes
         if missing:
             bar.total = len(missing) * (warmup + repeats)
             measured = profile(
@@ -308,6 +317,34 @@ def prepare(
         result = {str(s): list(cached[str(s)]) for s in sizes}
     bar.close()
     return Prepared(model, result, measure and not timed, time.perf_counter() - began)
+
+
+# A cached profile whose sum is more than 1 / STALE_RATIO times a whole run measured now was
+# taken while something else held the cores: it would make every prediction too slow. A run
+# slower than the profile is not a reason to measure again (the machine is busy now, and a
+# profile measured now would be the wrong one).
+STALE_RATIO = 0.6
+STALE_MIN_US = 2000.0  # below this a whole run is too short to judge by one timing
+
+
+def _stale(model: SegmentedModel, inputs_for: InputsFor, batch_size: int,
+           row: Sequence[float]) -> bool:
+    expected_us = sum(row)
+    if expected_us < STALE_MIN_US:
+        return False
+    inputs = inputs_for(batch_size)
+    device = model.device
+    took = []
+    with torch.inference_mode():
+        for _ in range(3):  # the first run warms up; the faster of the other two counts
+            state = model.start(inputs)
+            _synchronize(device)
+            began = time.perf_counter_ns()
+            model.run(state, 0, model.num_units)
+            _synchronize(device)
+            took.append((time.perf_counter_ns() - began) / 1000.0)
+            model.finish(state)
+    return min(took[1:]) < STALE_RATIO * expected_us
 
 
 def _valid_row(row: Any, units: int) -> bool:

@@ -57,6 +57,7 @@ class Scheduler:
         batching: Callable[[str], int | None] | None = None,
         solo_from_profile: bool = False,
         batch_delay: Callable[[str], float] | None = None,
+        split_batches: bool = True,
     ) -> None:
         self._batch_delay = batch_delay or (lambda model: 0.0)
         self._solo_from_profile = solo_from_profile
@@ -65,7 +66,7 @@ class Scheduler:
         self.settings: dict[str, ModelSettings] = {}
         self.streams = streams or LatencyCriticalStreams()
         self.policy: Policy = make_policy(
-            policy, PolicyContext(self.profiles, self.predictor, self.streams)
+            policy, PolicyContext(self.profiles, self.predictor, self.streams, split_batches)
         )
         self.queue = JobQueue()
         self.current: Job | None = None

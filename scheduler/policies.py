@@ -35,6 +35,10 @@ class PolicyContext:
     profiles: Mapping[str, Profile]
     predictor: Predictor
     streams: LatencyCriticalStreams
+    # whether a batch job may be split into micro-batches: not where latency-critical jobs
+    # run beside batch work instead of after its next sync point (the CPU lane), since
+    # shorter units then buy them nothing and cost batch throughput
+    split_batches: bool = True
 
 
 class Policy(Protocol):
@@ -157,7 +161,7 @@ class DeftPolicy(_Preemptive):
         return self.ctx.predictor.flat_durations(profile, job.batch_size, job.micro_batches)
 
     def on_start(self, job: Job, now: float) -> None:
-        if job.latency_critical:
+        if job.latency_critical or not self.ctx.split_batches:
             return
         budget = self.ctx.streams.budget(now)
         profile = self.ctx.profiles.get(job.model)

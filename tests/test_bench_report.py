@@ -218,3 +218,21 @@ def test_profile_reuse_and_legacy_inputs(tmp_path):
     measured = {"inference": [{"model": "cls", "batch_size": 8, "plan": "one chunk",
                                "measured_ms": 400.0}]}
     assert legacy_inputs(wl, profile, measured)["classifier_in_process_items_per_s"] == 20.0
+
+
+def test_serving_overhead_from_alternating_windows_is_the_http_check():
+    from e2e.bench import report
+
+    result = {"legacy": {"serving_overhead": {
+        "http_items_per_s": [40.0, 42.0], "in_process_items_per_s": [44.0, 44.0],
+        "ratio": 0.9318, "windows": 2, "window_s": 4.0, "clients": 2, "batch_size": 8}},
+        "systems": [], "mixes": []}
+    md = report.markdown({**result, "checks": report.checks(result)})
+    assert "alternating windows of 4 s: 40.00, 42.00 against 44.00, 44.00" in md
+
+
+def test_window_rate_counts_between_the_first_and_last_completion():
+    from e2e.bench.load import window_rate
+
+    assert window_rate([0.5, 1.0, 1.5, 2.0, 9.0], 0.0, 5.0) == 3 / 1.5
+    assert window_rate([1.0, 2.0], 0.0, 5.0) is None

@@ -325,14 +325,18 @@ def test_one_failure_does_not_stop_the_others(tmp_path, tiny_pt2):
 def test_profiles_are_cached_by_model_file(tmp_path, tiny_pt2):
     _folder(tmp_path, "m", tiny_pt2, GOOD_CONFIG)
     cache = tmp_path / "cache"
-    first = repo.load(repo.find(tmp_path, "m"), cache_dir=cache, warmup=0, repeats=1)
+    # one cold timing may be stale (the check is tested in tests/test_profiler.py)
+    first = repo.load(repo.find(tmp_path, "m"), cache_dir=cache, warmup=0, repeats=1,
+                      verify_profile=False)
     assert not first.profile_from_cache
     assert sorted(first.profile, key=int) == ["1", "2", "4"]
     assert all(len(row) == first.model.num_units for row in first.profile.values())
-    again = repo.load(repo.find(tmp_path, "m"), cache_dir=cache, warmup=0, repeats=1)
+    again = repo.load(repo.find(tmp_path, "m"), cache_dir=cache, warmup=0, repeats=1,
+                      verify_profile=False)
     assert again.profile_from_cache and again.profile == first.profile
     assert again.model.cuts == first.model.cuts
-    fewer = repo.load(repo.find(tmp_path, "m"), cache_dir=cache, batch_sizes=[2])
+    fewer = repo.load(repo.find(tmp_path, "m"), cache_dir=cache, batch_sizes=[2],
+                      verify_profile=False)
     assert fewer.profile == {"2": first.profile["2"]} and fewer.profile_from_cache
 
 

@@ -145,6 +145,7 @@ def test_prepare_reuses_cuts_and_profiles(program, model_file, tmp_path):
         warmup=0,
         repeats=1,
         progress=False,
+        verify=False,  # one cold timing may well be stale; that check is tested below
     )
     first = profiler.prepare("small", program, _inputs_for, batch_sizes=[1, 2], **common)
     assert not first.from_cache and list(first.profile) == ["1", "2"]
@@ -196,3 +197,34 @@ def test_profile_cli_to_stdout_and_bad_arguments(model_file, tmp_path, capsys):
     assert profile_cli.main(["--model_dir", str(tmp_path / "missing")]) == 2
     with pytest.raises(SystemExit):
         profile_cli.main(["--model_dir", str(root), "--batch_sizes", "0"])
+
+
+def test_a_cached_profile_far_slower_than_the_model_is_measured_again(program, model_file,
+                                                                         tmp_path):
+    cache = profiler.ProfileCache(tmp_path)
+    common = dict(max_units=3, model_file=model_file, device="cpu", input_names=["x"],
+                  output_names=["y"], cache=cache, warmup=0, repeats=1, progress=False)
+    first = profiler.prepare("small", program, _inputs_for, batch_sizes=[1, 2], **common)
+    base = {"format": profiler.CACHE_FORMAT, "model": profiler.file_digest(model_file),
+            "device": profiler.device_name("cpu"), "torch": torch.__version__}
+    fields = {**base, "units": first.model.num_units, "cuts": list(first.model.cuts)}
+    # as if profiled while the cores were busy: every unit 10 s
+    cache.put("profile", fields, {b: [1e7] * first.model.num_units for b in ("1", "2")})
+    again = profiler.prepare("small", program, _inputs_for, batch_sizes=[1, 2], **common)
+    assert not again.from_cache
+    assert all(sum(row) < 1e7 for row in again.profile.values())
+    assert cache.get("profile", fields) == again.profile  # the cache holds the new one
+    unchecked = profiler.prepare("small", program, _inputs_for, batch_sizes=[1, 2],
+                                 verify=False, **common)
+    assert unchecked.from_cache
+
+
+def test_a_run_slower_than_the_cached_profile_keeps_the_profile(program, monkeypatch):
+    monkeypatch.setattr(profiler, "STALE_MIN_US", 0.0)
+    model = segments.split("small", program, max_units=2, input_names=["x"],
+                           output_names=["y"])
+    # a profile faster than anything this model can do: the machine is busier now
+    assert not profiler._stale(model, _inputs_for, 2, [0.001] * model.num_units)
+    assert profiler._stale(model, _inputs_for, 2, [1e7] * model.num_units)
+    monkeypatch.setattr(profiler, "STALE_MIN_US", 2e8)
+    assert not profiler._stale(model, _inputs_for, 2, [1e7] * model.num_units)

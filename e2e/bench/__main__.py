@@ -188,6 +188,18 @@ class DeftPriorities:
         time.sleep(0.7)
 
 
+def serving_overhead(server: ServerProcess, in_process: Any, spec: dict, batch_size: int,
+                     quick: bool) -> dict[str, Any]:
+    """The batch model's throughput over HTTP against its compute throughput in this process,
+    in alternating windows on the reference server before its mixes run."""
+    from e2e.bench.driver import make_input
+    from e2e.bench.load import alternating_throughput
+
+    name, x = make_input(spec, batch_size, seed=7)
+    return alternating_throughput(server.url, spec["name"], x, name, in_process,
+                                  windows=2 if quick else 4, window_s=2.0 if quick else 4.0)
+
+
 def start_system(spec: SystemSpec, model_dir: Path, specs: dict, logs: Path, cache: Path,
                  peer_python: Path, device: str) -> tuple[ServerProcess, DeftPriorities | None]:
     slug = spec.label.replace(":", "-").replace("/", "-")
@@ -350,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         if any(s.system == "triton" for s in systems) else None
     if triton_reason:
         log(f"triton: skipped: {triton_reason}")
-    in_process = None
+    in_process = overhead = None
     batch_stream = next((s for s in mixes[0].streams if not s.latency_critical), None)
     if batch_stream is not None and any(s.reference for s in systems):
         from e2e.bench.accuracy import InProcess
@@ -366,18 +378,15 @@ def main(argv: list[str] | None = None) -> int:
         try:
             server, prio = start_system(spec, model_dir, specs, logs, cache, args.peer_python,
                                         device)
-            if spec.reference and in_process is not None:
-                # the batch model's compute throughput in this process, right before the
-                # reference server runs (and again right after): its HTTP throughput is
-                # compared with what the same machine gives in the same minutes
-                in_process.measure(1.5 if quick else 4.0)
             with server:
                 log(f"{spec.label}: ready in {server.started_s:.1f} s")
+                if spec.reference and in_process is not None:
+                    overhead = serving_overhead(server, in_process, specs[batch_stream.model],
+                                                batch_stream.batch_size, quick)
+                    log(f"{spec.label}: {batch_stream.model} items/s over HTTP "
+                        f"{overhead['http_items_per_s']}, in process "
+                        f"{overhead['in_process_items_per_s']}: ratio {overhead['ratio']}")
                 entry, results = run_system(spec, server, prio, mixes, specs, phases, slos)
-            if spec.reference and in_process is not None:
-                in_process.measure(1.5 if quick else 4.0)
-                log(f"{spec.label}: in-process {batch_stream.model} items/s "
-                    f"{in_process.summary()['samples']}")
         except (RuntimeError, TimeoutError, OSError) as exc:
             log(f"{spec.label}: FAILED: {str(exc)[-1500:]}")
             skipped.append({"label": spec.label, "reason": f"failed: {str(exc)[-300:]}"})
@@ -400,9 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     log(f"simulator: {stage('simulator', t):.0f} s")
 
     legacy = legacy_inputs(mixes[0], profile, predictor)
-    if in_process is not None and in_process.samples:
-        legacy["in_process"] = in_process.summary()
-        legacy["classifier_in_process_items_per_s"] = legacy["in_process"]["items_per_s"]
+    if overhead is not None:
+        legacy["serving_overhead"] = overhead
     result: dict[str, Any] = {
         "machine": machine(device),
         "device": device,

@@ -267,11 +267,6 @@ class InProcess:
         self.samples.append(rate)
         return rate
 
-    def summary(self) -> dict[str, Any]:
-        return {"items_per_s": round(statistics.fmean(self.samples), 3) if self.samples
-                else None, "samples": [round(x, 3) for x in self.samples],
-                "batch_size": self.batch_size}
-
 
 # ---------------------------------------------------------------------------------------------
 # the simulator

@@ -187,3 +187,81 @@ def open_loop_at(url: str, model: str, x: np.ndarray, offsets_s: list[float],
             out.sent += 1
             pool.submit(one, scheduled)
     return out
+
+
+def window_rate(done: list[float], t0: float, t1: float) -> float | None:
+    """Completions per second inside ``[t0, t1]``, from the first to the last completion
+    there (not from the window's edges, which would count a fraction of a request as none)."""
+    inside = sorted(t for t in done if t0 <= t <= t1)
+    if len(inside) < 3:
+        return None
+    return (len(inside) - 1) / (inside[-1] - inside[0])
+
+
+def alternating_throughput(url: str, model: str, x: np.ndarray, input_name: str,
+                           in_process: Any, windows: int, window_s: float,
+                           warm_s: float = 1.0, clients: int = 2) -> dict[str, Any]:
+    """A model's throughput over HTTP (``clients`` closed-loop clients) and in this process
+    without HTTP (``in_process.measure(seconds)``: items/s), in alternating windows, so that
+    both see the same machine: on a shared machine its speed drifts by more than the
+    serving overhead being measured."""
+    running, stop = threading.Event(), threading.Event()
+    done: list[float] = []
+    in_flight = [0]
+    lock = threading.Lock()
+    batch = x.shape[0]
+
+    def client() -> None:
+        c = httpclient.InferenceServerClient(url, network_timeout=300)
+        inp = make_input(input_name, x)
+        while not stop.is_set():
+            if not running.wait(0.05):
+                continue
+            with lock:
+                if not running.is_set():
+                    continue
+                in_flight[0] += 1
+            try:
+                c.infer(model, [inp])
+                with lock:
+                    done.append(time.monotonic())
+            finally:
+                with lock:
+                    in_flight[0] -= 1
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    http: list[float] = []
+    local: list[float] = []
+    try:
+        for _ in range(windows):
+            running.set()
+            time.sleep(warm_s)
+            t0 = time.monotonic()
+            time.sleep(window_s)
+            t1 = time.monotonic()
+            with lock:
+                running.clear()
+            while True:  # the server goes quiet before the in-process window
+                with lock:
+                    if in_flight[0] == 0:
+                        break
+                time.sleep(0.01)
+            rate = window_rate(done, t0, t1)
+            if rate is not None:
+                http.append(rate * batch)
+            local.append(in_process.measure(window_s))
+    finally:
+        stop.set()
+        running.set()
+        for t in threads:
+            t.join(60)
+    http_mean = sum(http) / len(http) if http else None
+    local_mean = sum(local) / len(local) if local else None
+    return {
+        "http_items_per_s": [round(v, 3) for v in http],
+        "in_process_items_per_s": [round(v, 3) for v in local],
+        "ratio": round(http_mean / local_mean, 4) if http_mean and local_mean else None,
+        "windows": windows, "window_s": window_s, "clients": clients, "batch_size": batch,
+    }

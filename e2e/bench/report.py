@@ -87,8 +87,12 @@ def checks(result: Mapping[str, Any]) -> list[dict[str, Any]]:
         if solo and mixed is not None and share:
             add(f"classifier throughput under load >= 85% x solo x device share left "
                 f"({share:.3f})", mixed / (solo * share), mixed >= 0.85 * solo * share)
+        overhead = legacy.get("serving_overhead") or {}
         compute = legacy.get("classifier_in_process_items_per_s")
-        if solo and compute:
+        if overhead.get("ratio") is not None:
+            add("classifier solo throughput over HTTP >= 90% of in-process compute "
+                "(alternating windows)", overhead["ratio"], overhead["ratio"] >= 0.9)
+        elif solo and compute:
             add("classifier solo throughput over HTTP >= 90% of in-process compute",
                 solo / compute, solo / compute >= 0.9)
     if lc is not None and kserve is not None:
@@ -201,6 +205,15 @@ def markdown(result: Mapping[str, Any]) -> str:
         out += [f"Profile: measured afresh ({len(attempts)} attempt"
                 f"{'s' if len(attempts) > 1 else ''}); whole-model run over the profile's sum: "
                 + ", ".join(f"{k} {_f(v)}" for k, v in last.items()) + ".", ""]
+    overhead = (result.get("legacy") or {}).get("serving_overhead")
+    if overhead:
+        out += [f"Serving overhead: the primary mix's batch model (batch "
+                f"{overhead['batch_size']}, {overhead['clients']} closed-loop clients) on "
+                f"Deft over HTTP and in this process without HTTP, in {overhead['windows']} "
+                f"alternating windows of {overhead['window_s']:g} s: "
+                + ", ".join(_f(v) for v in overhead["http_items_per_s"]) + " against "
+                + ", ".join(_f(v) for v in overhead["in_process_items_per_s"])
+                + " items/s.", ""]
     out += ["## Checks", "", "| check | value | pass |", "|---|---|---|"]
     for c in result.get("checks", []):
         mark = "-" if c["pass"] is None else ("yes" if c["pass"] else "NO")

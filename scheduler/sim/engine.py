@@ -357,9 +357,11 @@ def _scheduler(
     policy: str,
     streams: LatencyCriticalStreams | None = None,
     solo_from_profile: bool = False,
+    split_batches: bool = True,
 ) -> Scheduler:
     scheduler = Scheduler(
-        policy, workload.costs, streams=streams, solo_from_profile=solo_from_profile
+        policy, workload.costs, streams=streams, solo_from_profile=solo_from_profile,
+        split_batches=split_batches,
     )
     for name, profile in workload.models.items():
         scheduler.profiles[name] = profile
@@ -405,9 +407,10 @@ def _simulate_lane(workload: Workload, policy: str) -> RunResult:
     lane_device = SimDevice(lane_scheduler, lane_clock)
     ExecutorLoop(lane_scheduler, lane_device, lane_run, lane_run, lane_clock).run()
     busy = merge_intervals(lane_run.busy)
-    # Phase 2: the batch streams, pausing at unit boundaries while the lane is busy.
+    # Phase 2: the batch streams, pausing at unit boundaries while the lane is busy. As in
+    # the runtime, batch jobs are not split into micro-batches beside the lane.
     clock = FakeClock()
-    scheduler = _scheduler(workload, policy)
+    scheduler = _scheduler(workload, policy, split_batches=False)
     run = _BatchRun(workload, scheduler, clock, batch, streams.events)
     device = LaneDevice(scheduler, clock, busy)
     ExecutorLoop(scheduler, device, run, run, clock).run()

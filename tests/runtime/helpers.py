@@ -60,7 +60,8 @@ def make_engine(models: list[ServedModel], policy: str = "deft", clock=None,
             raise ModelNotFound(name)
         return by_name[name]
 
-    engine = Engine(loader, lambda: sorted(names or by_name), options or EngineOptions(policy=policy),
+    engine = Engine(loader, lambda: sorted(names or by_name),
+                    options or EngineOptions(policy=policy),
                     Metrics(CollectorRegistry()), clock=clock)
     for m in models:
         engine.add_served(m)

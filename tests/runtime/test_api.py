@@ -150,3 +150,47 @@ def test_repository_api_disabled_or_behind_a_token(served):
             assert r.status_code == status
             if status != 200:
                 assert "error" in r.json()
+
+
+def _binary_request(x):
+    inp = httpclient.InferInput("x", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=True)
+    out = httpclient.InferRequestedOutput("y", binary_data=True)
+    body, header_len = httpclient.InferenceServerClient.generate_request_body([inp], [out])
+    return body, {"inference-header-content-length": str(header_len)}
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_small_requests_decode_on_the_loop_and_others_in_a_worker_with_the_same_answers(
+        client, served, monkeypatch, inline):
+    from runtime import http
+
+    if not inline:  # every body over the limits: the worker-thread path
+        monkeypatch.setattr(http, "INLINE_DECODE_BYTES", 0)
+        monkeypatch.setattr(http, "INLINE_JSON_BYTES", 0)
+    body, headers = _binary_request(X)
+    assert http._decodes_inline(body, {k.lower(): v for k, v in headers.items()}) is inline
+    r = client.post("/v2/models/mlp/infer", content=body, headers=headers)
+    assert r.status_code == 200, r.text
+    result = httpclient.InferenceServerClient.parse_response_body(
+        r.content, header_length=int(r.headers["inference-header-content-length"]))
+    np.testing.assert_allclose(result.as_numpy("y"), expected(served[1], X), rtol=1e-5)
+    r = client.post("/v2/models/mlp/infer", content=json_body(id="j"))
+    assert r.status_code == 200 and r.json()["id"] == "j"
+    r = client.post("/v2/models/mlp/infer", content=json_body(shape=[2, 2, 2]))
+    assert r.status_code == 400 and "shape" in r.json()["error"]
+    r = client.post("/v2/models/mlp/infer", content=body[:-3], headers=headers)
+    assert r.status_code == 400 and "error" in r.json()
+
+
+def test_which_bodies_decode_inline():
+    from runtime.http import INLINE_DECODE_BYTES, INLINE_JSON_BYTES, _decodes_inline
+
+    binary = {"inference-header-content-length": "100"}
+    assert _decodes_inline(b"x" * 1000, binary)
+    assert not _decodes_inline(b"x" * (INLINE_DECODE_BYTES + 1), binary)
+    assert not _decodes_inline(b"x" * 1000, {**binary, "content-encoding": "gzip"})
+    big_header = {"inference-header-content-length": str(INLINE_JSON_BYTES + 1)}
+    assert not _decodes_inline(b"x" * (INLINE_JSON_BYTES + 10), big_header)
+    assert _decodes_inline(b"{}", {})
+    assert not _decodes_inline(b"x" * (INLINE_JSON_BYTES + 1), {})

@@ -258,3 +258,13 @@ def test_a_refused_sched_idle_falls_back_to_nice_19(monkeypatch):
     monkeypatch.setattr(ex.os, "setpriority", lambda _w, _t, n: applied.append(n))
     assert ex.lower_thread_priority("t", 0, idle=True) == "nice 19"
     assert applied == [19]
+
+
+def test_batches_are_split_into_micro_batches_only_where_the_lane_does_not_shield_them():
+    model, _ = served_mlp()
+    idle = make_engine([model])
+    assert idle.scheduler.policy.ctx.split_batches is False  # lane + SCHED_IDLE
+    normal = make_engine([model], options=EngineOptions(batch_sched="normal"))
+    assert normal.scheduler.policy.ctx.split_batches is True
+    no_lane = make_engine([model], options=EngineOptions(cpu_lane=False))
+    assert no_lane.scheduler.policy.ctx.split_batches is True

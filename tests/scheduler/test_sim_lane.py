@@ -207,17 +207,21 @@ def test_cli_cpu_lane(tmp_path, capsys):
     capsys.readouterr()
 
 
-def test_batch_side_sees_the_lanes_streams():
-    """As in the runtime (one record of the streams, fed by the lane), ``deft`` sizes batch
-    work by the latency-critical streams' SLOs: here units too long for the budget split the
-    batch into micro-batches."""
+def test_beside_the_lane_batch_work_is_never_split_into_micro_batches():
+    """As in the runtime: latency-critical jobs do not wait for batch units on the lane, so
+    ``deft`` keeps batches whole there even where, on one queue, units too long for the
+    budget split them into micro-batches."""
     doc = json.loads(json.dumps(MIX))
     doc["streams"][0]["slo_ms"] = 3.5
     w = parse_workload(doc)
-    r = simulate(w, "deft", cpu_lane=True)
-    whole = sum(len(rec.latencies) * w.models[rec.stream.model].num_units for rec in r.records)
-    assert r.launches > whole
+
+    def whole(r):
+        return sum(len(rec.latencies) * w.models[rec.stream.model].num_units
+                   for rec in r.records)
+
+    one_queue = simulate(w, "deft", cpu_lane=False)
+    assert one_queue.launches > whole(one_queue)  # split on one queue
+    lane = simulate(w, "deft", cpu_lane=True)
+    assert lane.launches == whole(lane)
     layer = simulate(w, "layer", cpu_lane=True)
-    assert layer.launches == sum(
-        len(rec.latencies) * w.models[rec.stream.model].num_units for rec in layer.records
-    )
+    assert layer.launches == whole(layer)
