@@ -42,6 +42,10 @@ class Phases:
     probe_requests: int = 100
     lc_timeout_s: float = 20.0  # an LC request unanswered by then is an error (a miss)
     batch_grace_s: float = 3.0  # batch requests still in flight this long after the end
+    # batch-only again after the mixed phase, for this long: the batch streams' solo figures
+    # then come from before and after it, so that a machine whose speed drifts during the
+    # mix does not pass for the latency-critical load's cost (0: before only)
+    batch_after_s: float = 0.0
 
 
 @dataclass
@@ -171,6 +175,11 @@ def run_mix(
         t2 = t1m + mixed_s
         if loops and time.monotonic() < t2:
             time.sleep(t2 - time.monotonic())
+        t3 = t4 = time.monotonic()
+        if loops and phases.batch_after_s > 0:
+            t3 = t3 + 0.2  # the last latency-critical answers leave the server
+            t4 = t3 + phases.batch_after_s
+            time.sleep(t4 - time.monotonic())
     finally:
         for loop in loops.values():
             loop.stop()
@@ -179,9 +188,12 @@ def run_mix(
         m.latencies_s, m.sent, m.errors, m.window_s = st.latencies, st.sent, st.errors, mixed_s
     for i, loop in loops.items():
         m = measured[i]
-        m.solo_latencies_s = loop.window(t0, t1)
-        m.solo_window_s = t1 - t0
-        m.solo_rate_per_s = completion_rate(loop.completed_at, t0, t1)
+        m.solo_latencies_s = loop.window(t0, t1) + loop.window(t3, t4)
+        m.solo_window_s = (t1 - t0) + (t4 - t3)
+        m.solo_rate_per_s = (
+            completion_rate(loop.completed_at, t0, t1) * (t1 - t0)
+            + (completion_rate(loop.completed_at, t3, t4) * (t4 - t3) if t4 > t3 else 0.0)
+        ) / m.solo_window_s
         m.latencies_s = loop.window(t1m, t2)
         m.window_s = t2 - t1m
         m.rate_per_s = completion_rate(loop.completed_at, t1m, t2)

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import tritonclient.http as httpclient
 
+from e2e.bench.stats import completion_rate
+
 
 def make_input(name: str, x: np.ndarray) -> httpclient.InferInput:
     inp = httpclient.InferInput(name, list(x.shape), "FP32")
@@ -189,15 +191,6 @@ def open_loop_at(url: str, model: str, x: np.ndarray, offsets_s: list[float],
     return out
 
 
-def window_rate(done: list[float], t0: float, t1: float) -> float | None:
-    """Completions per second inside ``[t0, t1]``, from the first to the last completion
-    there (not from the window's edges, which would count a fraction of a request as none)."""
-    inside = sorted(t for t in done if t0 <= t <= t1)
-    if len(inside) < 3:
-        return None
-    return (len(inside) - 1) / (inside[-1] - inside[0])
-
-
 def alternating_throughput(url: str, model: str, x: np.ndarray, input_name: str,
                            in_process: Any, windows: int, window_s: float,
                            warm_s: float = 1.0, clients: int = 2) -> dict[str, Any]:
@@ -248,8 +241,9 @@ def alternating_throughput(url: str, model: str, x: np.ndarray, input_name: str,
                     if in_flight[0] == 0:
                         break
                 time.sleep(0.01)
-            rate = window_rate(done, t0, t1)
-            if rate is not None:
+            with lock:
+                rate = completion_rate(list(done), t0, t1)
+            if math.isfinite(rate) and rate > 0:
                 http.append(rate * batch)
             local.append(in_process.measure(window_s))
     finally:
