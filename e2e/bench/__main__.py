@@ -198,7 +198,8 @@ def serving_overhead(server: ServerProcess, in_process: Any, spec: dict, batch_s
 
     name, x = make_input(spec, batch_size, seed=7)
     return alternating_throughput(server.url, spec["name"], x, name, in_process,
-                                  windows=2 if quick else 3, window_s=2.0 if quick else 3.5)
+                                  windows=2 if quick else 3, window_s=1.5 if quick else 3.5,
+                                  warm_s=0.5 if quick else 1.0)
 
 
 def start_system(spec: SystemSpec, model_dir: Path, specs: dict, logs: Path, cache: Path,
