@@ -230,9 +230,3 @@ def test_serving_overhead_from_alternating_windows_is_the_http_check():
     md = report.markdown({**result, "checks": report.checks(result)})
     assert "alternating windows of 4 s: 40.00, 42.00 against 44.00, 44.00" in md
 
-
-def test_window_rate_counts_between_the_first_and_last_completion():
-    from e2e.bench.load import window_rate
-
-    assert window_rate([0.5, 1.0, 1.5, 2.0, 9.0], 0.0, 5.0) == 3 / 1.5
-    assert window_rate([1.0, 2.0], 0.0, 5.0) is None
