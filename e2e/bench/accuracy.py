@@ -243,8 +243,8 @@ def profile_agreement(model_dir: Path, profile: Mapping[str, Any], cache_dir: Pa
 
 class InProcess:
     """A model's compute throughput in this process (no HTTP), whole runs back to back at one
-    batch size: what a server's throughput over HTTP is compared with. Measured right before
-    and right after the server runs, so both figures see the same machine."""
+    batch size: what a server's throughput over HTTP is compared with (in alternating
+    windows, ``load.alternating_throughput``)."""
 
     def __init__(self, model_dir: Path, model: str, batch_size: int, cache_dir: Path | None,
                  device: str = "cpu") -> None:
@@ -254,7 +254,6 @@ class InProcess:
         self.device = device
         self._loaded = repo.load(repo.find(model_dir, model), device, cache_dir=cache_dir)
         self._inputs = self._loaded.config.example_inputs(batch_size, device)
-        self.samples: list[float] = []  # items/s, one per measurement
 
     def measure(self, seconds: float) -> float:
         seg = self._loaded.model
@@ -263,9 +262,7 @@ class InProcess:
         took: list[float] = []
         while sum(took) < seconds:
             took += _time_plan(seg, self._inputs, ends, 1, self.device)
-        rate = self.batch_size * len(took) / sum(took)
-        self.samples.append(rate)
-        return rate
+        return self.batch_size * len(took) / sum(took)
 
 
 # ---------------------------------------------------------------------------------------------
