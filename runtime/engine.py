@@ -127,6 +127,10 @@ class EngineOptions:
     batch_threads: int | None = None  # intra-op threads of the batch executor (None: torch's)
     lane_threads: int = 1  # intra-op threads of the latency-critical lane
 
+    def batch_idle(self) -> bool:
+        """Whether batch work runs under SCHED_IDLE beside the lane."""
+        return self.lane_enabled() and self.batch_sched == "idle"
+
     def lane_enabled(self) -> bool:
         if self.policy in ("fifo", "priority"):
             return False
@@ -165,7 +169,7 @@ class Engine:
             batch_delay=self._batch_delay,
             # beside the lane at idle OS priority, latency-critical jobs never wait for a
             # batch unit to end: splitting batches would only cost throughput
-            split_batches=not (lane and options.batch_sched == "idle"),
+            split_batches=not options.batch_idle(),
         )
         self.inbox = ThreadInbox(self.clock)
         self.inbox.on_cancelled = self._on_cancelled
@@ -178,7 +182,7 @@ class Engine:
             metrics,
             # with the CPU lane, batch work runs at a lower OS priority than everything else
             nice=options.batch_nice if self.gate is not None else 0,
-            idle=self.gate is not None and options.batch_sched == "idle",
+            idle=options.batch_idle(),
             threads=options.batch_threads,
         )
         # CPU lane: latency-critical jobs run on a thread of their own while batch work

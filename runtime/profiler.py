@@ -60,6 +60,16 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _timed_us(model: SegmentedModel, state: Any, start: int, end: int) -> float:
+    """Runs units ``[start, end)`` of ``state``; their wall time in microseconds (on CUDA
+    the device is synchronised before and after, so the time is theirs alone)."""
+    _synchronize(model.device)
+    began = time.perf_counter_ns()
+    model.run(state, start, end)
+    _synchronize(model.device)
+    return (time.perf_counter_ns() - began) / 1000.0
+
+
 def time_units(
     model: SegmentedModel,
     inputs: Mapping[str, torch.Tensor],
@@ -75,17 +85,13 @@ def time_units(
     if repeats < 1 or warmup < 0:
         raise ValueError("repeats must be >= 1 and warmup >= 0")
     samples: list[list[float]] = [[] for _ in range(model.num_units)]
-    device = model.device
     with torch.inference_mode():
         for attempt in range(warmup + repeats):
             state = model.start(inputs)
             for unit in range(model.num_units):
-                _synchronize(device)
-                began = time.perf_counter_ns()
-                model.run(state, unit, unit + 1)
-                _synchronize(device)
+                took = _timed_us(model, state, unit, unit + 1)
                 if attempt >= warmup:
-                    samples[unit].append((time.perf_counter_ns() - began) / 1000.0)
+                    samples[unit].append(took)
             model.finish(state)
             if on_pass is not None:
                 on_pass()
@@ -333,16 +339,11 @@ def _stale(model: SegmentedModel, inputs_for: InputsFor, batch_size: int,
     if expected_us < STALE_MIN_US:
         return False
     inputs = inputs_for(batch_size)
-    device = model.device
     took = []
     with torch.inference_mode():
         for _ in range(3):  # the first run warms up; the faster of the other two counts
             state = model.start(inputs)
-            _synchronize(device)
-            began = time.perf_counter_ns()
-            model.run(state, 0, model.num_units)
-            _synchronize(device)
-            took.append((time.perf_counter_ns() - began) / 1000.0)
+            took.append(_timed_us(model, state, 0, model.num_units))
             model.finish(state)
     return min(took[1:]) < STALE_RATIO * expected_us
 
