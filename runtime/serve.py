@@ -18,6 +18,7 @@ from runtime import model_repository as repo
 from runtime.codec import Limits
 from runtime.config import RuntimeConfig
 from runtime.engine import Engine, EngineOptions, ServedModel
+from runtime.heap import reclaim_heap, settle_heap
 from runtime.errors import ModelLoadError
 from runtime.http import RepositoryAccess, install
 from runtime.kserve_model import DeftModel
@@ -112,12 +113,14 @@ def main(cfg: RuntimeConfig) -> int:
     # models loaded later through the repository API are served over gRPC too
     engine.on_ready.append(lambda name: registry.update(DeftModel(name, engine), name))
     engine.on_unloaded.append(lambda name: registry.models.pop(name, None))
+    engine.on_unloaded.append(reclaim_heap)
     if cfg.modelmesh_port:
         from runtime.modelmesh.server import install as install_modelmesh
 
         install_modelmesh(kserve_model_server.app, engine, registry,
                           lambda model_id: DeftModel(model_id, engine),
                           port=cfg.modelmesh_port, memory_budget_mb=cfg.memory_budget_mb)
+    log.info("heap settled: %d objects out of the garbage collector's way", settle_heap())
     server = ModelServer(
         http_port=cfg.http_port,
         grpc_port=cfg.grpc_port,

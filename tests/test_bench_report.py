@@ -177,6 +177,32 @@ def test_system_selection():
         select_systems("tensorflow")
 
 
+def test_full_run_puts_the_compared_systems_side_by_side():
+    from e2e.bench.__main__ import FULL_SYSTEMS
+
+    labels = [s.label for s in select_systems(FULL_SYSTEMS)]
+    assert labels[:4] == ["deft:deft", "triton:priority-levels", "triton:none", "kserve"]
+    assert sorted(labels) == sorted(s.label for s in all_systems())
+
+
+def test_subset_repository_holds_only_the_named_models(tmp_path):
+    from e2e.bench.models import model_specs, subset_repository
+
+    root = tmp_path / "repo"
+    for name in ("a", "b", "c"):
+        (root / name).mkdir(parents=True)
+        (root / name / "model.pt2").write_bytes(name.encode())
+        (root / name / "config.yaml").write_text("max_batch_size: 2\n")
+    assert subset_repository(root, {"a", "b", "c"}, tmp_path / "sub") == root
+    sub = subset_repository(root, {"a", "c"}, tmp_path / "sub")
+    assert sorted(model_specs(sub)) == ["a", "c"]
+    assert (sub / "c" / "model.pt2").read_bytes() == b"c"
+    # made again for other mixes: nothing of the earlier subset stays
+    assert sorted(model_specs(subset_repository(root, {"b"}, tmp_path / "sub"))) == ["b"]
+    with pytest.raises(ValueError, match="no models"):
+        subset_repository(root, {"d"}, tmp_path / "sub")
+
+
 def test_runtime_costs_come_from_the_runtime():
     assert runtime_costs_us("cpu") == (15.0, 0.0)
     launch, sync = runtime_costs_us("cuda")

@@ -69,15 +69,17 @@ def sequential(url: str, model: str, x: np.ndarray, n: int, input_name: str = "i
 
 def _closed_loop_worker(url: str, model: str, x: np.ndarray, clients: int, input_name: str,
                        stop: Any, results: Any, priority: int = 0, grace_s: float = 60.0,
-                       timeout_s: float = 300.0) -> None:
+                       timeout_s: float = 300.0, ready: Any = None) -> None:
     done: list[tuple[float, float]] = []
     errors = [0]
+    answered = [0]  # clients whose first request has come back
     lock = threading.Lock()
 
     def run() -> None:
         client = httpclient.InferenceServerClient(url, network_timeout=timeout_s)
         inp = make_input(input_name, x)
         kw = _infer_kwargs(priority)
+        first = True
         while not stop.is_set():
             t = time.monotonic()
             try:
@@ -87,6 +89,12 @@ def _closed_loop_worker(url: str, model: str, x: np.ndarray, clients: int, input
             except Exception:  # noqa: BLE001
                 with lock:
                     errors[0] += 1
+            if first:
+                first = False
+                with lock:
+                    answered[0] += 1
+                    if answered[0] == clients and ready is not None:
+                        ready.set()
 
     threads = [threading.Thread(target=run, daemon=True) for _ in range(clients)]
     for t in threads:
@@ -111,18 +119,23 @@ class ClosedLoop:
                  timeout_s: float = 300.0) -> None:
         ctx = mp.get_context("spawn")
         self._stop = ctx.Event()
+        self._ready = ctx.Event()
         self._results = ctx.Queue()
         self._proc = ctx.Process(
             target=_closed_loop_worker,
             args=(url, model, x, clients, input_name, self._stop, self._results, priority,
-                  grace_s, timeout_s),
+                  grace_s, timeout_s, self._ready),
             daemon=True,
         )
         self.stream = Stream()
         self.completed_at: list[float] = []
 
-    def start(self) -> ClosedLoop:
+    def start(self, ready_timeout_s: float = 120.0) -> ClosedLoop:
+        """Start the clients and wait (at most ``ready_timeout_s``) until each has had its
+        first answer: starting the process and its imports take a second or more, which
+        would otherwise eat into the warm-up that follows."""
         self._proc.start()
+        self._ready.wait(ready_timeout_s)
         return self
 
     def stop(self) -> None:

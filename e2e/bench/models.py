@@ -17,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -112,6 +114,30 @@ def write_bench_repository(path: Path | None = None) -> Path:
     write_demo_repository(root)
     _write_embedder(root / "embedder")
     return root
+
+
+def subset_repository(root: Path, names: Iterable[str], dest: Path) -> Path:
+    """``root`` itself when it holds nothing but ``names``; otherwise a repository at ``dest``
+    with only those model folders (hard links where the file system allows, else copies), so
+    that every server, the profile and the predictor see the same models and no others."""
+    wanted = set(names)
+    every = {p.name for p in root.iterdir() if (p / "model.pt2").is_file()}
+    missing = wanted - every
+    if missing:
+        raise ValueError(f"{root} has no models {sorted(missing)}")
+    if wanted == every:
+        return root
+    shutil.rmtree(dest, ignore_errors=True)
+    for name in sorted(wanted):
+        shutil.copytree(root / name, dest / name, copy_function=_link_or_copy)
+    return dest
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def model_specs(root: Path) -> dict[str, dict]:
