@@ -18,8 +18,8 @@ from runtime import model_repository as repo
 from runtime.codec import Limits
 from runtime.config import RuntimeConfig
 from runtime.engine import Engine, EngineOptions, ServedModel
-from runtime.heap import reclaim_heap, settle_heap
 from runtime.errors import ModelLoadError
+from runtime.heap import reclaim_heap, settle_heap
 from runtime.http import RepositoryAccess, install
 from runtime.kserve_model import DeftModel
 from runtime.metrics import Metrics

@@ -11,6 +11,7 @@ and the plots (see ``e2e/bench/README.md``), and prints the checks.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -250,6 +251,25 @@ def run_system(spec: SystemSpec, server: ServerProcess, prio: DeftPriorities | N
     return entry, results
 
 
+def run_paired(held: list[tuple[SystemSpec, ServerProcess]], wl: BenchWorkload, specs: dict,
+               phases: Phases, slos: dict[str, dict[int, float]]) -> dict[str, Any]:
+    """The primary mix's mixed phase on Deft's reference and the Triton variants in turns
+    (``driver.paired_windows``); the batch throughput check compares these."""
+    from e2e.bench.driver import PairedTarget, paired_windows
+
+    t = time.monotonic()
+    log(f"paired windows: {', '.join(spec.label for spec, _ in held)}, "
+        f"{phases.paired_rounds} rounds of {phases.paired_window_s} s each")
+    targets = [PairedTarget(spec.label, server.url, spec.priorities) for spec, server in held]
+    systems = paired_windows(targets, wl, specs, rounds=phases.paired_rounds,
+                             window_s=phases.paired_window_s, warm_s=phases.warm_s,
+                             lc_timeout_s=phases.lc_timeout_s, slo_ms=slos.get(wl.name),
+                             log=log)
+    stage("paired", t)
+    return {"mix": wl.name, "rounds": phases.paired_rounds, "window_s": phases.paired_window_s,
+            "warm_s": phases.warm_s, "systems": systems}
+
+
 def simulator_section(mixes: list[BenchWorkload], profile: dict, slos: dict, costs: tuple,
                       runs: list[dict], raw: Path, quick: bool,
                       device_type: str = "cpu") -> dict[str, Any]:
@@ -335,8 +355,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     mixes = [load_bench_workload(p) for p in find_mixes(args.mixes, quick)]
     phases = Phases(solo_s=2.5, reference_solo_s=2.5, batch_only_s=2.0, warm_s=1.0,
-                    mixed_scale=0.4, probe_requests=30, lc_timeout_s=10.0) if quick \
-        else Phases()
+                    mixed_scale=0.4, probe_requests=30, lc_timeout_s=10.0,
+                    paired_rounds=0) if quick else Phases()
 
     from e2e.bench.models import model_specs, subset_repository, write_bench_repository
 
@@ -366,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
 
         t = time.monotonic()
         predictor = predictor_accuracy(
-            model_dir, repeats=2 if quick else 9, preemption_jobs=1 if quick else 4,
+            model_dir, repeats=2 if quick else 7, preemption_jobs=1 if quick else 4,
             batch_sizes=(lambda name, s: [s[-1]]) if quick else None,
             cache_dir=cache / "profiles", device=device, log=log)
         log(f"predictor: median error {predictor['median_error']} "
@@ -387,34 +407,57 @@ def main(argv: list[str] | None = None) -> int:
 
         in_process = InProcess(model_dir, batch_stream.model, batch_stream.batch_size,
                                cache / "profiles", device)
-    for spec in systems:
-        if spec.system == "triton" and triton_reason:
-            skipped.append({"label": spec.label, "reason": triton_reason})
-            continue
-        t = time.monotonic()
-        log(f"{spec.label}: starting")
-        try:
-            server, prio = start_system(spec, model_dir, specs, logs, cache, args.peer_python,
-                                        device)
-            with server:
-                log(f"{spec.label}: ready in {server.started_s:.1f} s")
-                if spec.reference and in_process is not None:
-                    overhead = serving_overhead(server, in_process, specs[batch_stream.model],
-                                                batch_stream.batch_size, quick)
-                    log(f"{spec.label}: {batch_stream.model} items/s over HTTP "
-                        f"{overhead['http_items_per_s']}, in process "
-                        f"{overhead['in_process_items_per_s']}: ratio {overhead['ratio']}")
-                entry, results = run_system(spec, server, prio, mixes, specs, phases, slos)
-        except (RuntimeError, TimeoutError, OSError) as exc:
-            log(f"{spec.label}: FAILED: {str(exc)[-1500:]}")
-            skipped.append({"label": spec.label, "reason": f"failed: {str(exc)[-300:]}"})
-            continue
-        runs.append(entry)
-        for res in results:
-            lc = next((m for m in res.streams if m.priority == "latency-critical"), None)
-            if lc is not None:
-                latencies[res.mix][spec.label] = [round(x * 1e3, 3) for x in lc.latencies_s]
-        log(f"{spec.label}: done in {stage(spec.label, t):.0f} s")
+    # Deft's reference and the Triton variants stay up after their own runs, for the paired
+    # windows that follow the last of them (only with ``paired_rounds``)
+    runnable = [s for s in systems if not (s.system == "triton" and triton_reason)]
+    pair_labels = [s.label for s in runnable if s.reference or s.system == "triton"] \
+        if phases.paired_rounds and any(s.reference for s in runnable) else []
+    if len(pair_labels) < 2:
+        pair_labels = []
+    paired: dict[str, Any] = {}
+    held: list[tuple[SystemSpec, ServerProcess]] = []
+    with contextlib.ExitStack() as holding:
+        for spec in systems:
+            if spec.system == "triton" and triton_reason:
+                skipped.append({"label": spec.label, "reason": triton_reason})
+                continue
+            t = time.monotonic()
+            log(f"{spec.label}: starting")
+            try:
+                server, prio = start_system(spec, model_dir, specs, logs, cache,
+                                            args.peer_python, device)
+                with contextlib.ExitStack() as own:
+                    (holding if spec.label in pair_labels else own).enter_context(server)
+                    log(f"{spec.label}: ready in {server.started_s:.1f} s")
+                    if spec.reference and in_process is not None:
+                        overhead = serving_overhead(server, in_process,
+                                                    specs[batch_stream.model],
+                                                    batch_stream.batch_size, quick)
+                        log(f"{spec.label}: {batch_stream.model} items/s over HTTP "
+                            f"{overhead['http_items_per_s']}, in process "
+                            f"{overhead['in_process_items_per_s']}: ratio {overhead['ratio']}")
+                    entry, results = run_system(spec, server, prio, mixes, specs, phases, slos)
+            except (RuntimeError, TimeoutError, OSError) as exc:
+                log(f"{spec.label}: FAILED: {str(exc)[-1500:]}")
+                skipped.append({"label": spec.label, "reason": f"failed: {str(exc)[-300:]}"})
+                if spec.label in pair_labels:
+                    pair_labels.remove(spec.label)
+                continue
+            runs.append(entry)
+            if spec.label in pair_labels:
+                held.append((spec, server))
+            for res in results:
+                lc = next((m for m in res.streams if m.priority == "latency-critical"), None)
+                if lc is not None:
+                    latencies[res.mix][spec.label] = [round(x * 1e3, 3) for x in lc.latencies_s]
+            log(f"{spec.label}: done in {stage(spec.label, t):.0f} s")
+            if held and spec.label == pair_labels[-1]:
+                if len(held) >= 2 and held[0][0].reference:
+                    paired = run_paired(held, mixes[0], specs, phases, slos)
+                holding.close()
+                held.clear()
+        if len(held) >= 2 and held[0][0].reference:  # the last of them failed to run
+            paired = run_paired(held, mixes[0], specs, phases, slos)
 
     costs = (predictor.get("costs_us", {}).get("launch"), predictor.get("costs_us", {})
              .get("sync")) if predictor else None
@@ -441,9 +484,12 @@ def main(argv: list[str] | None = None) -> int:
                    "slo_ms": {str(k): v for k, v in slos.get(wl.name, {}).items()}}
                   for wl in mixes],
         "phases": {"solo_s": phases.solo_s, "reference_solo_s": phases.reference_solo_s,
+                   "paired_rounds": phases.paired_rounds,
+                   "paired_window_s": phases.paired_window_s,
                    "batch_only_s": phases.batch_only_s,
                    "warm_s": phases.warm_s, "mixed_scale": phases.mixed_scale},
         "systems": runs,
+        "paired": paired,
         "skipped": skipped,
         "legacy": legacy,
         "stages": STAGES,

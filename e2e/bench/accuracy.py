@@ -144,6 +144,7 @@ def predictor_accuracy(
     measured preemption delay per (batch model, plan) at its largest batch size."""
 
     from runtime import model_repository as repo
+    from runtime.profiler import time_units
     from scheduler.predictor import Predictor
     from scheduler.profile import DeviceCosts, Profile
 
@@ -161,21 +162,32 @@ def predictor_accuracy(
         n = seg.num_units
         for bs in sizes:
             inputs = cfg.example_inputs(bs, device)
-            durations = predictor.flat_durations(profile, bs)
+            cached = predictor.flat_durations(profile, bs)
             plans = {name: _plan(name, n) for name in ("one chunk", "every unit")}
-            # the plans take turns, so drift in the machine's speed affects both alike
+            # The profiler's own pass (each unit timed alone) takes turns with the plans:
+            # the machine's speed drifts by tens of percent within minutes, and a profile
+            # taken minutes earlier would carry that drift into the error. The prediction
+            # from the runtime's cached profile is kept beside it.
             times: dict[str, list[float]] = {name: [] for name in plans}
+            passes: list[list[float]] = []
             for _ in range(repeats):
+                passes.append(time_units(seg, inputs, warmup=0, repeats=1))
                 for plan_name, plan in plans.items():
                     times[plan_name] += _time_plan(seg, inputs, plan.chunk_ends, 1, device)
+            units = [statistics.median(u) for u in zip(*passes, strict=True)]
+            fresh = Profile.from_us({str(bs): units})
+            durations = predictor.flat_durations(fresh, bs)
             for plan_name, plan in plans.items():
                 predicted = predictor.predict(durations, plan).inference_delay
+                from_cache = predictor.predict(cached, plan).inference_delay
                 measured = statistics.median(times[plan_name])
                 rows.append({
                     "model": source.name, "batch_size": bs, "plan": plan_name, "units": n,
                     "predicted_ms": round(predicted * 1e3, 3),
                     "measured_ms": round(measured * 1e3, 3),
                     "error": round(relative_error(predicted, measured), 4),
+                    "cached_profile_predicted_ms": round(from_cache * 1e3, 3),
+                    "cached_profile_error": round(relative_error(from_cache, measured), 4),
                 })
         log(f"  predictor: {source.name} ({n} units) " + ", ".join(
             f"b{r['batch_size']} {r['plan']}: {r['predicted_ms']}/{r['measured_ms']} ms"
@@ -203,9 +215,11 @@ def predictor_accuracy(
                 "error": round(relative_error(pred.preemption_expected, mean), 4)
                 if waits else None,
             })
-    per_model = {}
+    per_model, per_model_cached = {}, {}
     for name in sorted({r["model"] for r in rows}):
-        per_model[name] = round(median([r["error"] for r in rows if r["model"] == name]), 4)
+        mine = [r for r in rows if r["model"] == name]
+        per_model[name] = round(median([r["error"] for r in mine]), 4)
+        per_model_cached[name] = round(median([r["cached_profile_error"] for r in mine]), 4)
     return {
         "costs_us": {"launch": launch_us, "sync": sync_us},
         "repeats": repeats,
@@ -213,6 +227,8 @@ def predictor_accuracy(
         "preemption": preempt,
         "median_error_by_model": per_model,
         "median_error": round(median(list(per_model.values())), 4) if per_model else None,
+        "cached_profile_median_error": round(median(list(per_model_cached.values())), 4)
+        if per_model_cached else None,
         "preemption_median_error": round(median([p["error"] for p in preempt
                                                  if p["error"] is not None]), 4)
         if preempt else None,

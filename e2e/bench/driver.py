@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -38,8 +39,8 @@ class Phases:
     solo_s: float = 4.0
     # the reference system's solo phase on the primary mix: its p99 sets the SLO that every
     # system is held to, so it takes more samples (at 20/s, 4 s leaves the p99 the maximum)
-    reference_solo_s: float = 15.0
-    batch_only_s: float = 6.0
+    reference_solo_s: float = 12.0
+    batch_only_s: float = 5.0
     warm_s: float = 1.0
     mixed_scale: float = 1.0
     probe_requests: int = 100
@@ -49,6 +50,10 @@ class Phases:
     # then come from before and after it, so that a machine whose speed drifts during the
     # mix does not pass for the latency-critical load's cost (0: before only)
     batch_after_s: float = 0.0
+    # paired windows: the primary mix's mixed phase on Deft's reference and Triton in turns,
+    # this many rounds of this long each (0 rounds: none)
+    paired_rounds: int = 3
+    paired_window_s: float = 4.5
 
 
 @dataclass
@@ -217,3 +222,98 @@ def run_mix(
             f"SLO {s['slo_ms']} met {s['slo_attainment']}  {s['throughput_per_s']}/s "
             f"(errors {m.errors})")
     return result
+
+
+@dataclass(frozen=True)
+class PairedTarget:
+    label: str
+    url: str
+    send_priority: bool
+
+
+def paired_windows(targets: list[PairedTarget], wl: BenchWorkload, specs: Mapping[str, Mapping],
+                   *, rounds: int, window_s: float, warm_s: float, lc_timeout_s: float,
+                   slo_ms: Mapping[int, float] | None = None,
+                   log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The mix's mixed phase on several running servers in turns: ``rounds`` rounds, in each
+    one window of ``window_s`` per server (after ``warm_s`` with its batch clients going),
+    while the others idle. A throughput ratio between systems measured minutes apart carries
+    the machine's drift in speed; windows in turns share it. Each server has its own paused
+    batch clients, so a turn costs no process start. Returns per label the batch items/s of
+    each window, their median, and the latency-critical figures over all its windows."""
+    inputs = {s.index: make_input(specs[s.model], s.batch_size, 100 + s.index)
+              for s in wl.streams}
+    loops: dict[str, list[tuple[BenchStream, ClosedLoop]]] = {}
+    spans: dict[str, list[tuple[float, float]]] = {t.label: [] for t in targets}
+    lc: dict[str, list[float]] = {t.label: [] for t in targets}
+    errors = {t.label: 0 for t in targets}
+    try:
+        for t in targets:
+            loops[t.label] = []
+            for s in wl.batch:
+                name, x = inputs[s.index]
+                clients = s.arrival.clients if s.arrival.type == "closed" else 1
+                loop = ClosedLoop(t.url, s.model, x, clients, name, pausable=True).start()
+                loop.pause()
+                loops[t.label].append((s, loop))
+        for r in range(rounds):
+            for t in targets:
+                for _, loop in loops[t.label]:
+                    loop.resume()
+                time.sleep(warm_s)
+                t0 = time.monotonic()
+                start = time.perf_counter() + 0.02
+                results: dict[int, Stream] = {}
+
+                def one(s: BenchStream, t: PairedTarget = t, r: int = r, start: float = start,
+                        results: dict[int, Stream] = results) -> None:
+                    name, x = inputs[s.index]
+                    offsets = arrival_offsets(s.arrival, window_s, wl.seed + 1000 * (r + 1),
+                                              s.index)
+                    results[s.index] = open_loop_at(
+                        t.url, s.model, x, offsets, name,
+                        priority=LC_PRIORITY if t.send_priority else 0, start=start,
+                        timeout_s=lc_timeout_s)
+
+                threads = [threading.Thread(target=one, args=(s,)) for s in wl.latency_critical]
+                for th in threads:
+                    th.start()
+                for th in threads:
+                    th.join()
+                remaining = t0 + 0.02 + window_s - time.monotonic()
+                if remaining > 0:
+                    time.sleep(remaining)
+                spans[t.label].append((t0 + 0.02, time.monotonic()))
+                for _, loop in loops[t.label]:
+                    loop.pause()
+                for st in results.values():
+                    lc[t.label] += st.latencies
+                    errors[t.label] += st.errors
+    finally:
+        for batch in loops.values():
+            for _, loop in batch:
+                loop.stop()
+    out: dict[str, Any] = {}
+    slo_s = min(slo_ms.values()) / 1e3 if slo_ms else None
+    for t in targets:
+        per_window = []
+        for t0, t1 in spans[t.label]:
+            per_window.append(round(sum(
+                s.batch_size * completion_rate(loop.completed_at, t0, t1)
+                for s, loop in loops[t.label]), 3))
+        lat = lc[t.label]
+        total = len(lat) + errors[t.label]
+        out[t.label] = {
+            "batch_items_per_s": per_window,
+            "batch_items_per_s_median": round(float(np.median(per_window)), 3)
+            if per_window else None,
+            "lc_completed": len(lat), "lc_errors": errors[t.label],
+            "lc_p50_ms": round(1e3 * percentile(lat, 0.5), 3) if lat else None,
+            "lc_p99_ms": round(1e3 * percentile(lat, 0.99), 3) if lat else None,
+            "slo_ms": round(slo_s * 1e3, 3) if slo_s else None,
+            "slo_attainment": round(sum(1 for x in lat if x <= slo_s) / total, 6)
+            if slo_s and total else None,
+        }
+        log(f"  paired {t.label:<24} batch items/s {per_window} (median "
+            f"{out[t.label]['batch_items_per_s_median']}), LC p99 {out[t.label]['lc_p99_ms']} ms")
+    return out

@@ -69,7 +69,7 @@ def sequential(url: str, model: str, x: np.ndarray, n: int, input_name: str = "i
 
 def _closed_loop_worker(url: str, model: str, x: np.ndarray, clients: int, input_name: str,
                        stop: Any, results: Any, priority: int = 0, grace_s: float = 60.0,
-                       timeout_s: float = 300.0, ready: Any = None) -> None:
+                       timeout_s: float = 300.0, ready: Any = None, gate: Any = None) -> None:
     done: list[tuple[float, float]] = []
     errors = [0]
     answered = [0]  # clients whose first request has come back
@@ -81,6 +81,8 @@ def _closed_loop_worker(url: str, model: str, x: np.ndarray, clients: int, input
         kw = _infer_kwargs(priority)
         first = True
         while not stop.is_set():
+            if gate is not None and not gate.wait(0.05):
+                continue  # paused: the next request waits for resume()
             t = time.monotonic()
             try:
                 client.infer(model, [inp], **kw)
@@ -116,15 +118,18 @@ class ClosedLoop:
 
     def __init__(self, url: str, model: str, x: np.ndarray, clients: int,
                  input_name: str = "image", priority: int = 0, grace_s: float = 60.0,
-                 timeout_s: float = 300.0) -> None:
+                 timeout_s: float = 300.0, pausable: bool = False) -> None:
         ctx = mp.get_context("spawn")
         self._stop = ctx.Event()
         self._ready = ctx.Event()
+        self._gate = ctx.Event() if pausable else None
+        if self._gate is not None:
+            self._gate.set()
         self._results = ctx.Queue()
         self._proc = ctx.Process(
             target=_closed_loop_worker,
             args=(url, model, x, clients, input_name, self._stop, self._results, priority,
-                  grace_s, timeout_s, self._ready),
+                  grace_s, timeout_s, self._ready, self._gate),
             daemon=True,
         )
         self.stream = Stream()
@@ -138,7 +143,19 @@ class ClosedLoop:
         self._ready.wait(ready_timeout_s)
         return self
 
+    def pause(self) -> None:
+        """(``pausable`` only) Each client finishes the request it has in flight and sends
+        no other until ``resume``."""
+        assert self._gate is not None, "ClosedLoop(pausable=True) to pause"
+        self._gate.clear()
+
+    def resume(self) -> None:
+        assert self._gate is not None, "ClosedLoop(pausable=True) to resume"
+        self._gate.set()
+
     def stop(self) -> None:
+        if self._gate is not None:
+            self._gate.set()
         self._stop.set()
         done, errors = self._results.get(timeout=600)
         self._proc.join(60)
