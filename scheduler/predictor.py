@@ -36,7 +36,7 @@ class Predictor:
 
     def __init__(self, costs: DeviceCosts) -> None:
         self.costs = costs
-        self._flat: dict[tuple[int, int, int], tuple[float, ...]] = {}
+        self._flat: dict[tuple[int, int, int], tuple[Profile, tuple[float, ...]]] = {}
 
     def flat_durations(
         self, profile: Profile, batch_size: int, micro_batches: int = 1
@@ -44,14 +44,15 @@ class Predictor:
         """Unit durations of a job run as ``micro_batches`` micro-batches, in run order."""
         key = (id(profile), batch_size, micro_batches)
         cached = self._flat.get(key)
-        if cached is not None:
-            return cached
+        # the entry holds its profile, so no other profile can take that id while it lives
+        if cached is not None and cached[0] is profile:
+            return cached[1]
         base, extra = divmod(batch_size, micro_batches)
         out: list[float] = []
         for i in range(micro_batches):
             out.extend(profile.units(base + (1 if i < extra else 0)))
         result = tuple(out)
-        self._flat[key] = result
+        self._flat[key] = (profile, result)
         return result
 
     def chunk_time(self, durations: Sequence[float], start: int, end: int) -> float:

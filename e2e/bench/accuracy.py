@@ -171,7 +171,8 @@ def predictor_accuracy(
             times: dict[str, list[float]] = {name: [] for name in plans}
             passes: list[list[float]] = []
             for _ in range(repeats):
-                passes.append(time_units(seg, inputs, warmup=0, repeats=1))
+                # one untimed pass first, as ``_time_plan`` does before its timed one
+                passes.append(time_units(seg, inputs, warmup=1, repeats=1))
                 for plan_name, plan in plans.items():
                     times[plan_name] += _time_plan(seg, inputs, plan.chunk_ends, 1, device)
             units = [statistics.median(u) for u in zip(*passes, strict=True)]

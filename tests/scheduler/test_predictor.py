@@ -66,3 +66,11 @@ def test_micro_batch_durations():
 def test_bad_profiles(bad):
     with pytest.raises(InvalidProfile):
         Profile(bad)
+
+
+def test_flat_durations_follow_each_profile_even_short_lived_ones():
+    predictor = Predictor(DeviceCosts.from_us(0.0, 0.0))
+    for units in (4, 16, 2, 12, 3):
+        # each profile dies after use; a later one may be given the same id()
+        got = predictor.flat_durations(Profile.from_us({"8": [1.0] * units}), 8)
+        assert len(got) == units
