@@ -270,6 +270,12 @@ def test_batch_throughput_check_prefers_the_paired_windows(result):
     tput = checks["deft batch throughput under load >= 95% of Triton's (best Triton variant; "
                   "paired windows, medians)"]
     assert tput["value"] == 0.9 and tput["pass"] is False
+    none = checks["deft batch throughput / triton:none's under load (paired windows, target "
+                  ">= 0.95)"]
+    assert none["value"] == 0.9 and none["pass"] is False
+    levels = checks["deft batch throughput / triton:priority-levels's under load (paired "
+                    "windows, target >= 0.95)"]
+    assert levels["value"] == pytest.approx(0.947, abs=1e-3) and levels["pass"] is False
     assert not any(k.endswith("(best Triton variant)") and "throughput" in k for k in checks)
     md = report.markdown(result)
     assert "## Paired windows" in md and "| triton:none | 40.0, 41.0, 39.0 | 40.0 |" in md

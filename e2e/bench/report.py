@@ -124,6 +124,12 @@ def checks(result: Mapping[str, Any]) -> list[dict[str, Any]]:
         theirs = [batch_items_per_s(t, primary) for t in tritons]
         theirs = [x for x in theirs if x]
         if mine_paired is not None and theirs_paired:
+            for label, v in paired.items():
+                other = v.get("batch_items_per_s_median")
+                if label.startswith("triton") and other:
+                    r = mine_paired / other
+                    add(f"deft batch throughput / {label}'s under load (paired windows, "
+                        "target >= 0.95)", r, r >= 0.95)
             r = mine_paired / max(theirs_paired)
             add("deft batch throughput under load >= 95% of Triton's (best Triton variant; "
                 "paired windows, medians)", r, r >= 0.95)
