@@ -262,12 +262,12 @@ def run_paired(held: list[tuple[SystemSpec, ServerProcess]], wl: BenchWorkload, 
         f"{phases.paired_rounds} rounds of {phases.paired_window_s} s each")
     targets = [PairedTarget(spec.label, server.url, spec.priorities) for spec, server in held]
     systems = paired_windows(targets, wl, specs, rounds=phases.paired_rounds,
-                             window_s=phases.paired_window_s, warm_s=phases.warm_s,
+                             window_s=phases.paired_window_s, warm_s=phases.paired_warm_s,
                              lc_timeout_s=phases.lc_timeout_s, slo_ms=slos.get(wl.name),
                              log=log)
     stage("paired", t)
     return {"mix": wl.name, "rounds": phases.paired_rounds, "window_s": phases.paired_window_s,
-            "warm_s": phases.warm_s, "systems": systems}
+            "warm_s": phases.paired_warm_s, "systems": systems}
 
 
 def simulator_section(mixes: list[BenchWorkload], profile: dict, slos: dict, costs: tuple,

@@ -51,9 +51,11 @@ class Phases:
     # mix does not pass for the latency-critical load's cost (0: before only)
     batch_after_s: float = 0.0
     # paired windows: the primary mix's mixed phase on Deft's reference and Triton in turns,
-    # this many rounds of this long each (0 rounds: none)
-    paired_rounds: int = 3
-    paired_window_s: float = 4.5
+    # this many rounds of this long each after a short warm-up (0 rounds: none); short turns
+    # follow the machine's drift in speed closely, many of them make the median steady
+    paired_rounds: int = 6
+    paired_window_s: float = 2.5
+    paired_warm_s: float = 0.5
 
 
 @dataclass
