@@ -386,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
 
         t = time.monotonic()
         predictor = predictor_accuracy(
-            model_dir, repeats=2 if quick else 7, preemption_jobs=1 if quick else 4,
+            model_dir, repeats=2 if quick else 5, preemption_jobs=1 if quick else 4,
             batch_sizes=(lambda name, s: [s[-1]]) if quick else None,
             cache_dir=cache / "profiles", device=device, log=log)
         log(f"predictor: median error {predictor['median_error']} "

@@ -36,11 +36,11 @@ LC_PRIORITY = 1  # tritonclient's highest request-level priority
 
 @dataclass(frozen=True)
 class Phases:
-    solo_s: float = 4.0
+    solo_s: float = 3.0
     # the reference system's solo phase on the primary mix: its p99 sets the SLO that every
-    # system is held to, so it takes more samples (at 20/s, 4 s leaves the p99 the maximum)
+    # system is held to, so it takes more samples (at 20/s, 3 s leaves the p99 the maximum)
     reference_solo_s: float = 12.0
-    batch_only_s: float = 5.0
+    batch_only_s: float = 4.0
     warm_s: float = 1.0
     mixed_scale: float = 1.0
     probe_requests: int = 100
@@ -53,7 +53,7 @@ class Phases:
     # paired windows: the primary mix's mixed phase on Deft's reference and Triton in turns,
     # this many rounds of this long each after a short warm-up (0 rounds: none); short turns
     # follow the machine's drift in speed closely, many of them make the median steady
-    paired_rounds: int = 6
+    paired_rounds: int = 5
     paired_window_s: float = 2.5
     paired_warm_s: float = 0.5
 
