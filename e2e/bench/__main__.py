@@ -235,7 +235,8 @@ def run_system(spec: SystemSpec, server: ServerProcess, prio: DeftPriorities | N
         # on it the reference system's solo phase, whose p99 sets every system's SLO, is longer
         mix_phases = phases
         if i == 0:
-            mix_phases = replace(phases, batch_after_s=phases.batch_only_s)
+            if phases.primary_batch_after:
+                mix_phases = replace(phases, batch_after_s=phases.batch_only_s)
             if spec.reference:
                 mix_phases = replace(mix_phases,
                                      solo_s=max(phases.solo_s, phases.reference_solo_s))
@@ -354,9 +355,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     mixes = [load_bench_workload(p) for p in find_mixes(args.mixes, quick)]
-    phases = Phases(solo_s=2.5, reference_solo_s=2.5, batch_only_s=2.0, warm_s=1.0,
-                    mixed_scale=0.4, probe_requests=30, lc_timeout_s=10.0,
-                    paired_rounds=0) if quick else Phases()
+    phases = Phases(solo_s=2.0, reference_solo_s=2.5, batch_only_s=2.0, warm_s=0.8,
+                    mixed_scale=0.35, probe_requests=30, lc_timeout_s=10.0,
+                    paired_rounds=0, primary_batch_after=False) if quick else Phases()
 
     from e2e.bench.models import model_specs, subset_repository, write_bench_repository
 

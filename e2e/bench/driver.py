@@ -50,6 +50,8 @@ class Phases:
     # then come from before and after it, so that a machine whose speed drifts during the
     # mix does not pass for the latency-critical load's cost (0: before only)
     batch_after_s: float = 0.0
+    # whether the primary mix measures batch-only after its mixed phase too (for batch_only_s)
+    primary_batch_after: bool = True
     # paired windows: the primary mix's mixed phase on Deft's reference and Triton in turns,
     # this many rounds of this long each after a short warm-up (0 rounds: none); short turns
     # follow the machine's drift in speed closely, many of them make the median steady
