@@ -100,6 +100,43 @@ def _label(s: BenchStream) -> str:
     return s.describe()
 
 
+def stream_inputs(wl: BenchWorkload, specs: Mapping[str, Mapping]
+                  ) -> dict[int, tuple[str, np.ndarray]]:
+    """Each stream's input (name, array), the same on every system."""
+    return {s.index: make_input(specs[s.model], s.batch_size, 100 + s.index)
+            for s in wl.streams}
+
+
+def closed_loop(url: str, s: BenchStream, inputs: Mapping[int, tuple[str, np.ndarray]],
+                **kw: Any) -> ClosedLoop:
+    """A batch stream's closed-loop clients (not started)."""
+    name, x = inputs[s.index]
+    clients = s.arrival.clients if s.arrival.type == "closed" else 1
+    return ClosedLoop(url, s.model, x, clients, name, **kw)
+
+
+def lc_streams(url: str, wl: BenchWorkload, inputs: Mapping[int, tuple[str, np.ndarray]],
+               duration_s: float, seed: int, priority: int, start: float,
+               timeout_s: float) -> dict[int, Stream]:
+    """Every latency-critical stream of ``wl`` open-loop for ``duration_s`` from ``start``
+    (a ``time.perf_counter`` value), each on a thread of its own; returns when all are
+    answered."""
+    out: dict[int, Stream] = {}
+
+    def one(s: BenchStream) -> None:
+        name, x = inputs[s.index]
+        offsets = arrival_offsets(s.arrival, duration_s, seed, s.index)
+        out[s.index] = open_loop_at(url, s.model, x, offsets, name, priority=priority,
+                                    start=start, timeout_s=timeout_s)
+
+    threads = [threading.Thread(target=one, args=(s,)) for s in wl.latency_critical]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
 def run_mix(
     url: str,
     wl: BenchWorkload,
@@ -114,8 +151,7 @@ def run_mix(
 ) -> MixResult:
     """Run the phases above; ``reference_slo_ms`` None means this system sets the SLOs."""
     began = time.monotonic()
-    inputs = {s.index: make_input(specs[s.model], s.batch_size, 100 + s.index)
-              for s in wl.streams}
+    inputs = stream_inputs(wl, specs)
     prio = LC_PRIORITY if send_priority else 0
     measured = {s.index: Measured(s.model, s.priority.value, s.batch_size, _label(s))
                 for s in wl.streams}
@@ -155,10 +191,7 @@ def run_mix(
 
     loops: dict[int, ClosedLoop] = {}
     for s in wl.batch:
-        name, x = inputs[s.index]
-        clients = s.arrival.clients if s.arrival.type == "closed" else 1
-        loops[s.index] = ClosedLoop(url, s.model, x, clients, name,
-                                    grace_s=phases.batch_grace_s).start()
+        loops[s.index] = closed_loop(url, s, inputs, grace_s=phases.batch_grace_s).start()
     mixed_s = wl.duration_s * phases.mixed_scale
     try:
         if loops:
@@ -167,22 +200,10 @@ def run_mix(
         if loops:
             time.sleep(phases.batch_only_s)
         t1 = time.monotonic()
-        start = time.perf_counter() + 0.05
-        streams: dict[int, Stream] = {}
-
-        def lc(s: BenchStream) -> None:
-            name, x = inputs[s.index]
-            offsets = arrival_offsets(s.arrival, mixed_s, wl.seed, s.index)
-            streams[s.index] = open_loop_at(url, s.model, x, offsets, name, priority=prio,
-                                            start=start, timeout_s=phases.lc_timeout_s)
-
-        threads = [threading.Thread(target=lc, args=(s,)) for s in wl.latency_critical]
-        for t in threads:
-            t.start()
-        if not threads:
+        streams = lc_streams(url, wl, inputs, mixed_s, wl.seed, prio,
+                             time.perf_counter() + 0.05, phases.lc_timeout_s)
+        if not wl.latency_critical:
             time.sleep(mixed_s + 0.05)
-        for t in threads:
-            t.join()
         t1m = t1 + 0.05
         t2 = t1m + mixed_s
         if loops and time.monotonic() < t2:
@@ -245,8 +266,7 @@ def paired_windows(targets: list[PairedTarget], wl: BenchWorkload, specs: Mappin
     the machine's drift in speed; windows in turns share it. Each server has its own paused
     batch clients, so a turn costs no process start. Returns per label the batch items/s of
     each window, their median, and the latency-critical figures over all its windows."""
-    inputs = {s.index: make_input(specs[s.model], s.batch_size, 100 + s.index)
-              for s in wl.streams}
+    inputs = stream_inputs(wl, specs)
     loops: dict[str, list[tuple[BenchStream, ClosedLoop]]] = {}
     spans: dict[str, list[tuple[float, float]]] = {t.label: [] for t in targets}
     lc: dict[str, list[float]] = {t.label: [] for t in targets}
@@ -255,9 +275,7 @@ def paired_windows(targets: list[PairedTarget], wl: BenchWorkload, specs: Mappin
         for t in targets:
             loops[t.label] = []
             for s in wl.batch:
-                name, x = inputs[s.index]
-                clients = s.arrival.clients if s.arrival.type == "closed" else 1
-                loop = ClosedLoop(t.url, s.model, x, clients, name, pausable=True).start()
+                loop = closed_loop(t.url, s, inputs, pausable=True).start()
                 loop.pause()
                 loops[t.label].append((s, loop))
         for r in range(rounds):
@@ -266,24 +284,9 @@ def paired_windows(targets: list[PairedTarget], wl: BenchWorkload, specs: Mappin
                     loop.resume()
                 time.sleep(warm_s)
                 t0 = time.monotonic()
-                start = time.perf_counter() + 0.02
-                results: dict[int, Stream] = {}
-
-                def one(s: BenchStream, t: PairedTarget = t, r: int = r, start: float = start,
-                        results: dict[int, Stream] = results) -> None:
-                    name, x = inputs[s.index]
-                    offsets = arrival_offsets(s.arrival, window_s, wl.seed + 1000 * (r + 1),
-                                              s.index)
-                    results[s.index] = open_loop_at(
-                        t.url, s.model, x, offsets, name,
-                        priority=LC_PRIORITY if t.send_priority else 0, start=start,
-                        timeout_s=lc_timeout_s)
-
-                threads = [threading.Thread(target=one, args=(s,)) for s in wl.latency_critical]
-                for th in threads:
-                    th.start()
-                for th in threads:
-                    th.join()
+                results = lc_streams(t.url, wl, inputs, window_s, wl.seed + 1000 * (r + 1),
+                                     LC_PRIORITY if t.send_priority else 0,
+                                     time.perf_counter() + 0.02, lc_timeout_s)
                 remaining = t0 + 0.02 + window_s - time.monotonic()
                 if remaining > 0:
                     time.sleep(remaining)
