@@ -37,6 +37,7 @@ class RuntimeConfig:
     default_settings: ModelSettings | None
     modelmesh_port: int = 0  # 0: ModelMesh mode off
     memory_budget_mb: float | None = None  # None: the device's default (runtime.modelmesh.memory)
+    batch_shards: int | None = None  # None: one per intra-op thread
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -75,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_nice", type=int, default=0, choices=range(0, 20), metavar="0..19",
                    help="CPU lane with --batch_sched normal: OS nice value of the batch "
                    "executor thread (default 0)")
+    p.add_argument("--batch_shards", type=int, default=None, metavar="N",
+                   help="CPU lane: run a batch job's rows as up to N shards side by side, "
+                   "sharing the intra-op threads (default: one per thread; 1: off)")
     p.add_argument("--grace_period", type=int, default=30, help="seconds to drain on SIGTERM")
     p.add_argument("--retry_after_s", type=float, default=1.0)
     p.add_argument("--priority", default=None, choices=[x.value for x in Priority],
@@ -148,4 +152,5 @@ def parse_args(argv: list[str]) -> tuple[RuntimeConfig, list[str]]:
         default_settings=default,
         modelmesh_port=args.modelmesh_port,
         memory_budget_mb=args.memory_budget_mb,
+        batch_shards=args.batch_shards,
     ), unknown

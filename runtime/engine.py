@@ -35,8 +35,10 @@ from runtime.executor import (
     ResultListener,
     ThreadInbox,
     TorchDevice,
+    lower_thread_priority,
 )
 from runtime.metrics import Metrics
+from runtime.shards import ShardPool
 from runtime.tensors import TensorSpec
 from scheduler.clock import Clock, MonotonicClock
 from scheduler.core import Scheduler
@@ -126,6 +128,9 @@ class EngineOptions:
     batch_nice: int = 0
     batch_threads: int | None = None  # intra-op threads of the batch executor (None: torch's)
     lane_threads: int = 1  # intra-op threads of the latency-critical lane
+    # CPU lane: batch jobs' rows run as up to this many shards side by side, sharing the
+    # batch intra-op threads (runtime/shards.py); None: one per thread; below 2: off
+    batch_shards: int | None = None
 
     def batch_idle(self) -> bool:
         """Whether batch work runs under SCHED_IDLE beside the lane."""
@@ -175,7 +180,10 @@ class Engine:
         self.inbox.on_cancelled = self._on_cancelled
         self.listener = ResultListener(metrics, self.clock)
         self.gate = BatchGate(self.clock) if lane else None
-        self.device_runner = TorchDevice(self._served, self.device, self.gate, self._on_yield)
+        self.shards = self._shard_pool(options) if lane else None
+        self.device_runner = TorchDevice(
+            self._served, self.device, self.gate, self._on_yield, shards=self.shards,
+        )
         self.executor = Executor(
             ExecutorLoop(self.scheduler, self.device_runner, self.inbox, self.listener, self.clock),
             self.inbox,
@@ -218,6 +226,21 @@ class Engine:
                 name="deft-latency-lane",
                 threads=options.lane_threads,
             )
+
+    @staticmethod
+    def _shard_pool(options: EngineOptions) -> ShardPool | None:
+        threads = options.batch_threads or torch.get_num_threads()
+        workers = options.batch_shards if options.batch_shards is not None else threads
+        if workers < 2:
+            return None
+        nice = options.batch_nice
+        idle = options.batch_idle()
+
+        def setup(name: str) -> None:
+            if nice or idle:
+                lower_thread_priority(name, nice, idle)
+
+        return ShardPool(workers, threads, setup)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -263,6 +286,8 @@ class Engine:
         self.wait_idle(grace_s)
         for executor in self._executors():
             executor.stop(timeout=5.0)
+        if self.shards is not None:
+            self.shards.stop()
 
     # -- repository ----------------------------------------------------------------------
 

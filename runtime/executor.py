@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import functools
-import glob
 import logging
-import os
 import threading
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -27,6 +23,8 @@ import torch
 
 from runtime.errors import InferenceFailed, RequestTimeout
 from runtime.metrics import Metrics
+from runtime.shards import ShardPool, shard_sizes
+from runtime.threads import limit_intra_op_threads, lower_thread_priority
 from scheduler.clock import Clock
 from scheduler.core import ChunkDone, Scheduler
 from scheduler.job import Job, Reject, RunChunk
@@ -76,29 +74,6 @@ class Pending:
         # a closed event loop raises RuntimeError: nobody is waiting any more
         with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(_set)
-
-
-@functools.cache
-def _openmp() -> ctypes.CDLL | None:
-    here = os.path.join(os.path.dirname(torch.__file__), "lib")
-    for path in sorted(glob.glob(os.path.join(here, "libgomp*.so*"))):
-        return ctypes.CDLL(path)
-    found = ctypes.util.find_library("gomp")
-    return ctypes.CDLL(found) if found else None
-
-
-def limit_intra_op_threads(threads: int) -> None:
-    """Give the calling thread's torch ops ``threads`` OpenMP threads, leaving every other
-    thread's setting alone (``torch.set_num_threads`` also changes the process default that
-    ATen applies to each thread on its first op, e.g. to the batch executor's)."""
-    current = torch.get_num_threads()  # first: ATen initialises this thread's team size
-    if current == threads:
-        return
-    gomp = _openmp()
-    if gomp is None:
-        log.warning("cannot size this thread's OpenMP team; it keeps %d threads", current)
-        return
-    gomp.omp_set_num_threads(threads)
 
 
 class ThreadInbox:
@@ -286,11 +261,14 @@ class TorchDevice:
         device: torch.device,
         gate: BatchGate | None = None,
         on_yield: Callable[[Job, float], None] | None = None,
+        shards: ShardPool | None = None,
     ) -> None:
         self._lookup = lookup
         self.device = device
         self.gate = gate
         self.on_yield = on_yield
+        # batch jobs' rows run as shards side by side (runtime/shards.py)
+        self.shards = shards
         self._cuda = device.type == "cuda"
         if self._cuda:
             self._lc_stream = torch.cuda.Stream(device=device, priority=-1)
@@ -317,16 +295,25 @@ class TorchDevice:
             while f < chunk.end:
                 m, u = divmod(f, n)
                 stop = min(chunk.end, (m + 1) * n)
-                if gate is not None:
-                    delay = gate.pause_if_closed()
-                    if delay is not None and self.on_yield is not None:
-                        self.on_yield(job, delay)
-                    stop = f + 1  # on the CPU lane every unit boundary is a sync point
-                end = u + (stop - f)
-                st.micro_states[m] = [
-                    part for piece in st.micro_states[m]
-                    for part in self._advance(job, seg, piece, end)
-                ]
+                pieces = st.micro_states[m]
+                if self.shards is not None and not job.latency_critical and len(pieces) > 1:
+                    # row shards side by side, each yielding at its own unit boundaries
+                    end = u + (stop - f)
+                    done = self.shards.run([
+                        functools.partial(self._run_shard, job, seg, piece, end)
+                        for piece in pieces
+                    ])
+                    st.micro_states[m] = [part for parts in done for part in parts]
+                else:
+                    if gate is not None:
+                        delay = gate.pause_if_closed()
+                        if delay is not None and self.on_yield is not None:
+                            self.on_yield(job, delay)
+                        stop = f + 1  # on the CPU lane every unit boundary is a sync point
+                    end = u + (stop - f)
+                    st.micro_states[m] = [
+                        part for piece in pieces for part in self._advance(job, seg, piece, end)
+                    ]
                 if stop == (m + 1) * n:
                     finished = [seg.finish(piece.state) for piece in st.micro_states[m]]
                     st.micro_outputs[m] = _concat(finished)
@@ -336,6 +323,21 @@ class TorchDevice:
                 event = torch.cuda.Event()
                 event.record(stream)
                 event.synchronize()
+
+    def _run_shard(self, job: Job, seg: Any, piece: _Piece, end: int) -> list[_Piece]:
+        """On a shard worker: run ``piece`` up to unit ``end``, yielding at every unit
+        boundary while the lane is busy, as a job on one team does."""
+        gate = self.gate
+        with torch.inference_mode():
+            if gate is None:
+                return self._advance(job, seg, piece, end)
+            pieces = [piece]
+            for unit in range(piece.unit + 1, end + 1):
+                delay = gate.pause_if_closed()
+                if delay is not None and self.on_yield is not None:
+                    self.on_yield(job, delay)
+                pieces = [part for p in pieces for part in self._advance(job, seg, p, unit)]
+            return pieces
 
     def _advance(self, job: Job, seg: Any, piece: _Piece, end: int) -> list[_Piece]:
         """Run ``piece`` up to unit ``end``; returns the pieces it became (itself, or its
@@ -375,15 +377,21 @@ class TorchDevice:
         offset = 0
         with torch.inference_mode():
             for size in job.micro_batch_sizes():
-                piece = _Piece(offset, size)
-                try:
-                    piece.state = seg.start(self._tensors(batch, offset, size))
-                except Exception as exc:
-                    if not out_of_memory(exc):
-                        raise
-                    # no room for its inputs now: started (and split) when it first runs
-                pieces.append([piece])
-                offset += size
+                shards = [size]
+                if self.shards is not None and not job.latency_critical:
+                    shards = shard_sizes(size, self.shards.workers)
+                micro = []
+                for rows in shards:
+                    piece = _Piece(offset, rows)
+                    try:
+                        piece.state = seg.start(self._tensors(batch, offset, rows))
+                    except Exception as exc:
+                        if not out_of_memory(exc):
+                            raise
+                        # no room for its inputs now: started (and split) when it first runs
+                    micro.append(piece)
+                    offset += rows
+                pieces.append(micro)
         return _JobState(pieces, [None] * len(pieces))
 
     @staticmethod
@@ -473,33 +481,6 @@ class ResultListener:
                     f"model '{job.model}' failed: {type(error).__name__}: {error}"
                 )
             )
-
-
-def lower_thread_priority(name: str, nice: int, idle: bool) -> str:
-    """Lowers the OS priority of the calling thread; returns what was applied.
-
-    Linux schedules threads, not processes: the policy and nice value set here apply to this
-    thread, and torch's OpenMP workers, which this thread creates on its first parallel op,
-    inherit them. ``idle`` asks for ``SCHED_IDLE``: the thread runs only on cores nothing
-    else wants, and any other thread of the server that wakes up (the event loop, the
-    latency-critical lane) takes the core at once rather than at the next time slice. Where
-    that policy is refused, nice 19 is the nearest thing.
-    """
-    tid = threading.get_native_id()
-    if idle:
-        try:
-            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
-            return "idle"
-        except (OSError, AttributeError):
-            log.warning("SCHED_IDLE refused for the %s thread; using nice 19", name)
-            nice = 19
-    if nice:
-        try:
-            os.setpriority(os.PRIO_PROCESS, tid, nice)
-            return f"nice {nice}"
-        except (OSError, AttributeError):
-            log.warning("cannot lower the priority of the %s thread", name)
-    return "normal"
 
 
 class Executor:

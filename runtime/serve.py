@@ -83,6 +83,7 @@ def build_engine(cfg: RuntimeConfig, metrics: Metrics) -> tuple[Engine, Path]:
         policy=cfg.policy, device=str(device), costs=costs, retry_after_s=cfg.retry_after_s,
         batch_sched=cfg.batch_sched,
         batch_nice=cfg.batch_nice,
+        batch_shards=cfg.batch_shards,
         cli_settings=cli,
     )
     return Engine(loader, available, options, metrics), model_dir

@@ -248,7 +248,7 @@ def test_without_the_cpu_lane_nothing_is_lowered():
 
 
 def test_a_refused_sched_idle_falls_back_to_nice_19(monkeypatch):
-    from runtime import executor as ex
+    from runtime import threads as ex
 
     def refuse(*_a):
         raise PermissionError("not allowed")
