@@ -35,9 +35,10 @@ class PolicyContext:
     profiles: Mapping[str, Profile]
     predictor: Predictor
     streams: LatencyCriticalStreams
-    # whether a batch job may be split into micro-batches: not where latency-critical jobs
-    # run beside batch work instead of after its next sync point (the CPU lane), since
-    # shorter units then buy them nothing and cost batch throughput
+    # whether `deft` may split a batch job into chunks and micro-batches: not where
+    # latency-critical jobs run beside batch work instead of after its next chunk (the CPU
+    # lane, where batch work yields at every unit boundary anyway), since shorter chunks and
+    # micro-batches then buy them nothing and cost batch throughput
     split_batches: bool = True
 
 
@@ -137,7 +138,8 @@ class DeftPolicy(_Preemptive):
     """Per job, the plan with the least inference delay under which every active
     latency-critical stream still meets its SLO.
 
-    - No active latency-critical stream: the whole job, no sync points.
+    - No active latency-critical stream, or none that waits for batch chunks (the CPU
+      lane, ``split_batches`` off): the whole job, no sync points.
     - A chunk may last ``budget = min(SLO - solo p99)`` over the active streams; chunks are
       packed greedily up to it, which gives the fewest sync points under the budget.
     - A unit longer than the budget: the batch is split into the fewest micro-batches whose
@@ -227,7 +229,7 @@ class DeftPolicy(_Preemptive):
         return best[2]
 
     def chunk_end(self, job: Job, now: float) -> int:
-        if job.latency_critical:
+        if job.latency_critical or not self.ctx.split_batches:
             return job.total_units
         budget = self.budget_for(job, now)
         if math.isinf(budget):

@@ -16,8 +16,9 @@ in two phases:
 2. the batch streams on a device that, before each unit, jumps over the busy interval the
    clock is in (a pause), then runs the unit as a one-unit chunk. The batch scheduler sees
    the latency-critical streams as the runtime's does (one shared record of the streams,
-   fed by the lane), so ``deft`` plans batch jobs as it does beside the lane: whole, never
-   split into micro-batches (latency-critical jobs do not wait for batch units there).
+   fed by the lane), so ``deft`` plans batch jobs as it does beside the lane: whole, one
+   chunk, never split into micro-batches (latency-critical jobs do not wait for batch
+   chunks there).
 
 ``fifo`` and ``priority`` never use a lane (as in the runtime), so lane mode is ignored for
 them.

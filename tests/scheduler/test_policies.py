@@ -173,6 +173,20 @@ def test_deft_packs_chunks_up_to_the_latency_critical_slack():
     assert ends == [2, 4, 6, 8, 10]  # 2 units + sync = 2.1 ms <= 2.5 ms; 3 units would not fit
 
 
+def test_deft_runs_batch_jobs_whole_where_latency_critical_jobs_never_wait_for_them():
+    # the same stream and slack as above, but latency-critical jobs run beside batch work
+    # (the CPU lane, which yields at every unit boundary): chunks would only cost time
+    s = make_scheduler("deft", {"b": [1e-3] * 10, "lc": [1e-3]}, sync=0.1e-3,
+                       split_batches=False)
+    s.submit(make_job("lc", LC, arrival=0.0, units=1, slo=3.5e-3))
+    _, d = s.decide(0.0)
+    s.chunk_done(d, 0.0, 1.1e-3)
+    b = make_job("b", BATCH, arrival=1.1e-3, units=10, batch_size=8)
+    s.submit(b)
+    _, d = s.decide(1.1e-3)
+    assert (d.start, d.end) == (0, 10) and b.micro_batches == 1
+
+
 def test_deft_splits_a_batch_into_micro_batches_when_a_unit_exceeds_the_slack():
     s = make_scheduler("deft", {"lc": [1e-3]})
     from scheduler.priority import ModelSettings
