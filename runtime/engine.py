@@ -35,11 +35,11 @@ from runtime.executor import (
     ResultListener,
     ThreadInbox,
     TorchDevice,
-    lower_thread_priority,
 )
 from runtime.metrics import Metrics
 from runtime.shards import ShardPool
 from runtime.tensors import TensorSpec
+from runtime.threads import lower_thread_priority
 from scheduler.clock import Clock, MonotonicClock
 from scheduler.core import Scheduler
 from scheduler.job import Job
