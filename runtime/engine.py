@@ -240,6 +240,7 @@ class Engine:
             if nice or idle:
                 lower_thread_priority(name, nice, idle)
 
+        log.info("CPU lane: batch jobs run as up to %d row shards", workers)
         return ShardPool(workers, threads, setup)
 
     # -- lifecycle -----------------------------------------------------------------------

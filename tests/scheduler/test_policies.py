@@ -155,12 +155,17 @@ def test_deft_uses_no_sync_points_without_active_latency_critical_streams():
     assert (d.start, d.end) == (0, 10)
 
 
+def _run_one_latency_critical_job(s, slo: float, took: float) -> None:
+    """One job of stream "lc" from 0 to ``took``: the stream is active from then on."""
+    s.submit(make_job("lc", LC, arrival=0.0, units=1, slo=slo))
+    _, d = s.decide(0.0)
+    s.chunk_done(d, 0.0, took)
+
+
 def test_deft_packs_chunks_up_to_the_latency_critical_slack():
     # lc: 1 ms solo; SLO 3.5 ms -> slack 2.5 ms per batch chunk (incl. sync)
     s = make_scheduler("deft", {"b": [1e-3] * 10, "lc": [1e-3]}, sync=0.1e-3)
-    s.submit(make_job("lc", LC, arrival=0.0, units=1, slo=3.5e-3))
-    _, d = s.decide(0.0)
-    s.chunk_done(d, 0.0, 1.1e-3)
+    _run_one_latency_critical_job(s, slo=3.5e-3, took=1.1e-3)
     b = make_job("b", BATCH, arrival=1.1e-3, units=10)
     s.submit(b)
     ends = []
@@ -178,9 +183,7 @@ def test_deft_runs_batch_jobs_whole_where_latency_critical_jobs_never_wait_for_t
     # (the CPU lane, which yields at every unit boundary): chunks would only cost time
     s = make_scheduler("deft", {"b": [1e-3] * 10, "lc": [1e-3]}, sync=0.1e-3,
                        split_batches=False)
-    s.submit(make_job("lc", LC, arrival=0.0, units=1, slo=3.5e-3))
-    _, d = s.decide(0.0)
-    s.chunk_done(d, 0.0, 1.1e-3)
+    _run_one_latency_critical_job(s, slo=3.5e-3, took=1.1e-3)
     b = make_job("b", BATCH, arrival=1.1e-3, units=10, batch_size=8)
     s.submit(b)
     _, d = s.decide(1.1e-3)
@@ -193,9 +196,7 @@ def test_deft_splits_a_batch_into_micro_batches_when_a_unit_exceeds_the_slack():
     from scheduler.profile import Profile
 
     s.set_model("b", ModelSettings(), Profile({1: (1e-3, 1e-3), 8: (8e-3, 8e-3)}))
-    s.submit(make_job("lc", LC, arrival=0.0, units=1, slo=4e-3))
-    _, d = s.decide(0.0)
-    s.chunk_done(d, 0.0, 1e-3)
+    _run_one_latency_critical_job(s, slo=4e-3, took=1e-3)
     b = make_job("b", BATCH, arrival=1e-3, units=2, batch_size=8)
     s.submit(b)
     _, d = s.decide(1e-3)
