@@ -155,6 +155,34 @@ def test_a_batch_job_runs_as_row_shards_beside_the_lane_and_answers_as_the_whole
     assert not [t for t in threading.enumerate() if t.name.startswith("deft-batch-shard")]
 
 
+class FailsOnShards(Recording):
+    """Raises in any unit run on 4 rows (a shard of a batch of 8)."""
+
+    def run(self, state: Any, start: int, end: int) -> Any:
+        if state[1] == 4:
+            raise ValueError("this model cannot run on 4 rows")
+        return super().run(state, start, end)
+
+
+def test_a_shard_that_raises_fails_its_job_and_the_engine_keeps_serving():
+    from runtime.errors import InferenceFailed
+
+    model, module = served_mlp(max_batch_size=8)
+    model.segmented = FailsOnShards(model.segmented)
+    engine = make_engine([model], options=EngineOptions(batch_threads=2))
+    engine.start()
+    try:
+        x = np.ones((8, 4), dtype=np.float32)
+        with pytest.raises(InferenceFailed, match="cannot run on 4 rows"):
+            _infer(engine, "mlp", x)
+        # a single row is not split, so it runs; and the executor is still alive
+        np.testing.assert_allclose(_infer(engine, "mlp", x[:1]), _reference(module, x[:1]),
+                                   rtol=1e-5)
+        assert engine.outstanding == 0
+    finally:
+        engine.stop(1.0)
+
+
 def test_shards_are_off_with_one_shard_and_without_the_lane():
     model, _ = served_mlp()
     assert make_engine([model], options=EngineOptions(batch_shards=1)).shards is None
