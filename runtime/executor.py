@@ -296,24 +296,21 @@ class TorchDevice:
                 m, u = divmod(f, n)
                 stop = min(chunk.end, (m + 1) * n)
                 pieces = st.micro_states[m]
-                if self.shards is not None and not job.latency_critical and len(pieces) > 1:
-                    # row shards side by side, each yielding at its own unit boundaries
-                    end = u + (stop - f)
+                # row shards run side by side, each yielding at its own unit boundaries
+                sharded = self.shards is not None and not job.latency_critical and len(pieces) > 1
+                if gate is not None and not sharded:
+                    self._yield_to_lane(job, gate)
+                    stop = f + 1  # on the CPU lane every unit boundary is a sync point
+                end = u + (stop - f)
+                if sharded:
+                    assert self.shards is not None
                     done = self.shards.run([
                         functools.partial(self._run_shard, job, seg, piece, end)
                         for piece in pieces
                     ])
-                    st.micro_states[m] = [part for parts in done for part in parts]
                 else:
-                    if gate is not None:
-                        delay = gate.pause_if_closed()
-                        if delay is not None and self.on_yield is not None:
-                            self.on_yield(job, delay)
-                        stop = f + 1  # on the CPU lane every unit boundary is a sync point
-                    end = u + (stop - f)
-                    st.micro_states[m] = [
-                        part for piece in pieces for part in self._advance(job, seg, piece, end)
-                    ]
+                    done = [self._advance(job, seg, piece, end) for piece in pieces]
+                st.micro_states[m] = [part for parts in done for part in parts]
                 if stop == (m + 1) * n:
                     finished = [seg.finish(piece.state) for piece in st.micro_states[m]]
                     st.micro_outputs[m] = _concat(finished)
@@ -333,11 +330,15 @@ class TorchDevice:
                 return self._advance(job, seg, piece, end)
             pieces = [piece]
             for unit in range(piece.unit + 1, end + 1):
-                delay = gate.pause_if_closed()
-                if delay is not None and self.on_yield is not None:
-                    self.on_yield(job, delay)
+                self._yield_to_lane(job, gate)
                 pieces = [part for p in pieces for part in self._advance(job, seg, p, unit)]
             return pieces
+
+    def _yield_to_lane(self, job: Job, gate: BatchGate) -> None:
+        """Wait while latency-critical work runs on the lane (a batch unit boundary)."""
+        delay = gate.pause_if_closed()
+        if delay is not None and self.on_yield is not None:
+            self.on_yield(job, delay)
 
     def _advance(self, job: Job, seg: Any, piece: _Piece, end: int) -> list[_Piece]:
         """Run ``piece`` up to unit ``end``; returns the pieces it became (itself, or its
