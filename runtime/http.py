@@ -93,14 +93,21 @@ def _decodes_inline(body: bytes, headers: dict[str, str]) -> bool:
     return len(body) <= INLINE_JSON_BYTES
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int) -> bytes | bytearray:
     """The request body, refused with ``PayloadTooLarge`` as soon as it passes ``limit``
-    bytes (declared or received): a chunked body is never read past the limit."""
+    bytes (declared or received): a chunked body is never read past the limit.
+
+    With a declared length the chunks are copied, as they arrive, into one buffer of that
+    size: joining the chunks of a large body at the end is one copy of the whole body on
+    the event loop (milliseconds for a batch of images), during which no other request is
+    served; chunk by chunk, each copy takes microseconds."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise errors.PayloadTooLarge(
             f"request body is {declared} bytes, more than the limit of {limit}"
         )
+    if declared.isdigit() and int(declared) > INLINE_DECODE_BYTES:
+        return await _read_into(request, int(declared))
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -109,6 +116,24 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise errors.PayloadTooLarge(f"request body is more than the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def _read_into(request: Request, length: int) -> bytearray:
+    """A body of declared ``length`` bytes, copied chunk by chunk into one buffer."""
+    body = bytearray(length)
+    view = memoryview(body)
+    size = 0
+    async for chunk in request.stream():
+        end = size + len(chunk)
+        if end > length:  # the server's HTTP parser keeps to the declared length
+            raise errors.InvalidInput(f"request body is longer than its content-length {length}")
+        view[size:end] = chunk
+        size = end
+    if size != length:
+        raise errors.InvalidInput(
+            f"request body is {size} bytes, shorter than its content-length {length}"
+        )
+    return body
 
 
 async def _wait_disconnect(request: Request) -> None:

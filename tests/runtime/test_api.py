@@ -165,7 +165,7 @@ def test_small_requests_decode_on_the_loop_and_others_in_a_worker_with_the_same_
         client, served, monkeypatch, inline):
     from runtime import http
 
-    if not inline:  # every body over the limits: the worker-thread path
+    if not inline:  # every body over the limits: read into one buffer, decoded in a worker
         monkeypatch.setattr(http, "INLINE_DECODE_BYTES", 0)
         monkeypatch.setattr(http, "INLINE_JSON_BYTES", 0)
     body, headers = _binary_request(X)
@@ -194,3 +194,30 @@ def test_which_bodies_decode_inline():
     assert not _decodes_inline(b"x" * (INLINE_JSON_BYTES + 10), big_header)
     assert _decodes_inline(b"{}", {})
     assert not _decodes_inline(b"x" * (INLINE_JSON_BYTES + 1), {})
+
+
+class _StreamingRequest:
+    """What ``_read_into`` uses of a Starlette request: its body as chunks."""
+
+    def __init__(self, chunks):
+        self.chunks = chunks
+
+    async def stream(self):
+        for chunk in self.chunks:
+            yield chunk
+
+
+def test_a_declared_length_body_is_copied_chunk_by_chunk_into_one_buffer():
+    import asyncio
+
+    from runtime.errors import InvalidInput
+    from runtime.http import _read_into
+
+    chunks = [bytes([i]) * (1000 + i) for i in range(5)]
+    body = asyncio.run(_read_into(_StreamingRequest(chunks), sum(map(len, chunks))))
+    assert isinstance(body, bytearray) and bytes(body) == b"".join(chunks)
+    with pytest.raises(InvalidInput, match="longer"):
+        asyncio.run(_read_into(_StreamingRequest(chunks), 3000))
+    with pytest.raises(InvalidInput, match="shorter"):
+        asyncio.run(_read_into(_StreamingRequest(chunks), 6000))
+
