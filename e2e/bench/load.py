@@ -185,11 +185,17 @@ def open_loop(url: str, model: str, x: np.ndarray, rate_per_s: float, duration_s
 
 def open_loop_at(url: str, model: str, x: np.ndarray, offsets_s: list[float],
                  input_name: str = "image", workers: int = 64, priority: int = 0,
-                 start: float | None = None, timeout_s: float = 120.0) -> Stream:
+                 start: float | None = None, timeout_s: float = 120.0,
+                 lead_s: float = 0.05) -> Stream:
     """One request at each offset (seconds after ``start``, a ``time.perf_counter`` value;
     default: now); latency from each scheduled send, so a server that falls behind shows
     its queueing. Returns when every request has been answered or has failed; a request
-    not answered within ``timeout_s`` counts as an error."""
+    not answered within ``timeout_s`` counts as an error.
+
+    Each request goes to a sender thread ``lead_s`` before its time, and that thread sleeps
+    until the send itself: the only wake-up on the clock is the sender's own, not a hand-off
+    from a scheduling thread to a sender, which on a loaded machine costs as much again. A
+    sender's first use opens its connection, also before the send."""
     out = Stream()
     lock = threading.Lock()
     local = threading.local()
@@ -200,6 +206,15 @@ def open_loop_at(url: str, model: str, x: np.ndarray, offsets_s: list[float],
             local.client = httpclient.InferenceServerClient(
                 url, network_timeout=timeout_s, connection_timeout=timeout_s)
             local.inp = make_input(input_name, x)
+            try:
+                local.client.is_server_live()
+            except Exception:  # noqa: BLE001  (the request itself reports the failure)
+                pass
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        with lock:
+            out.sent += 1
         try:
             local.client.infer(model, [local.inp], **kw)
             lat = time.perf_counter() - scheduled
@@ -213,10 +228,9 @@ def open_loop_at(url: str, model: str, x: np.ndarray, offsets_s: list[float],
         begin = (time.perf_counter() + 0.05) if start is None else start
         for offset in offsets_s:
             scheduled = begin + offset
-            delay = scheduled - time.perf_counter()
+            delay = scheduled - lead_s - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-            out.sent += 1
             pool.submit(one, scheduled)
     return out
 
