@@ -28,7 +28,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from runtime.codec import Limits
-from runtime.engine import Engine, ServedModel
+from runtime.engine import Engine, EngineOptions, ServedModel
 from runtime.http import RepositoryAccess, install
 from scheduler.priority import Priority
 from tests.runtime.helpers import make_engine, served_mlp
@@ -160,9 +160,10 @@ def build_app(engine: Engine, limits: Limits | None = None,
 @contextmanager
 def serving(models: list[ServedModel], *, policy: str = "deft",
             limits: Limits | None = None,
-            access: RepositoryAccess | None = None) -> Iterator[tuple[TestClient, Engine]]:
+            access: RepositoryAccess | None = None,
+            options: EngineOptions | None = None) -> Iterator[tuple[TestClient, Engine]]:
     """A started engine serving ``models`` behind the v2 routes, and a TestClient on it."""
-    engine = make_engine(models, policy=policy)
+    engine = make_engine(models, policy=policy, options=options)
     engine.start()
     try:
         with TestClient(build_app(engine, limits, access)) as client:

@@ -73,6 +73,9 @@ def test_a_model_whose_forward_raises_fails_only_its_own_requests():
 
 # --- out of memory -----------------------------------------------------------------------------
 
+# a batch job runs whole, not as row shards (whose number follows the process's threads)
+WHOLE_JOBS = EngineOptions(policy="deft", batch_shards=1)
+
 
 @pytest.mark.parametrize("oom", [
     lambda: torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
@@ -82,7 +85,7 @@ def test_a_model_whose_forward_raises_fails_only_its_own_requests():
 ], ids=["cuda-oom", "runtime-oom", "cpu-alloc"])
 def test_out_of_memory_on_a_large_batch_is_retried_in_smaller_pieces(oom):
     model, module, units = faulty_mlp("big", max_batch_size=8, oom_above_rows=2, oom=oom)
-    with serving([model]) as (client, engine):
+    with serving([model], options=WHOLE_JOBS) as (client, engine):
         r = infer(client, "big", X8)
         assert r.status_code == 200, r.text
         np.testing.assert_allclose(output(r), reference(module, X8), rtol=1e-5)
@@ -90,11 +93,23 @@ def test_out_of_memory_on_a_large_batch_is_retried_in_smaller_pieces(oom):
         assert engine.outstanding == 0
 
 
+def test_out_of_memory_in_a_row_shard_is_retried_in_smaller_pieces():
+    model, module, units = faulty_mlp("big", max_batch_size=8, oom_above_rows=2)
+    options = EngineOptions(policy="deft", batch_shards=2, batch_threads=2)
+    with serving([model], options=options) as (client, engine):
+        r = infer(client, "big", X8)
+        assert r.status_code == 200, r.text
+        np.testing.assert_allclose(output(r), reference(module, X8), rtol=1e-5)
+        assert max(units.rows_seen) == 4 and units.rows_seen[-1] <= 2  # 2 x (4 -> 2 rows)
+        assert engine.outstanding == 0
+
+
 def test_out_of_memory_retries_merged_requests_and_answers_each_its_own_rows():
     """Dynamic batching merges queued requests into one job; the job runs out of memory,
     is retried in pieces, and every request still gets exactly its rows back."""
     model, module, units = faulty_mlp("big", max_batch_size=8, oom_above_rows=3)
-    engine = make_engine([model], policy="layer")  # executor not started: requests queue
+    # executor not started: requests queue
+    engine = make_engine([model], options=EngineOptions(policy="layer", batch_shards=1))
     parts = [X8[:3], X8[3:4], X8[4:8]]
 
     async def go():
@@ -114,7 +129,7 @@ def test_out_of_memory_on_a_single_row_fails_that_job_only():
     model, _, units = faulty_mlp("huge", max_batch_size=8, oom_above_rows=0)
     lc, lc_module = served_mlp("lc", Priority.LATENCY_CRITICAL, slo_ms=1000)
     other, _ = served_mlp("other")
-    with serving([model, lc, other]) as (client, engine):
+    with serving([model, lc, other], options=WHOLE_JOBS) as (client, engine):
         r = infer(client, "huge", X8[:4])
         assert r.status_code == 500 and "OutOfMemoryError" in error_of(r)
         assert sorted(set(units.rows_seen), reverse=True) == [4, 2, 1]  # tried smaller first
