@@ -512,7 +512,9 @@ class Engine:
             self.gate.enter()
         inbox.submit(job)
         try:
-            result = await asyncio.shield(future)
+            # cancelling the caller cancels ``future`` too; a job already running still
+            # resolves it later, which then only settles the accounting (Pending.resolve)
+            result = await future
         except asyncio.CancelledError:
             inbox.cancel(job)
             raise

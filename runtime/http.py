@@ -136,11 +136,13 @@ async def _read_into(request: Request, length: int) -> bytearray:
     return body
 
 
-async def _wait_disconnect(request: Request) -> None:
+async def _cancel_on_disconnect(request: Request, task: asyncio.Task[Any]) -> bool:
+    """Cancels ``task`` when the client goes away; True once it has."""
     while True:
         message = await request.receive()
         if message["type"] == "http.disconnect":
-            return
+            task.cancel()
+            return True
 
 
 def _guard(fn: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
@@ -216,19 +218,25 @@ def build_router(
         else:
             decoded = await asyncio.get_running_loop().run_in_executor(None, decode)
         plan = decoded.output_plan([s.name for s in served.outputs])
-        work = asyncio.ensure_future(
-            engine.infer(
+        # The job is submitted from this task and its answer resumes this task: one turn of
+        # the event loop each way (a task of its own and asyncio.wait cost three more turns
+        # on the way back, each a chance to wait for the loop or the GIL on a busy machine).
+        # A client that goes away cancels this task, which withdraws the job.
+        this = asyncio.current_task()
+        assert this is not None
+        gone = asyncio.ensure_future(_cancel_on_disconnect(request, this))
+        try:
+            outputs = await engine.infer(
                 model_name, decoded.inputs, priority=decoded.priority, timeout_us=decoded.timeout_us
             )
-        )
-        gone = asyncio.ensure_future(_wait_disconnect(request))
-        done, _ = await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-        if work not in done:
-            work.cancel()
+        except asyncio.CancelledError:
+            if not (gone.done() and not gone.cancelled() and gone.result()):
+                raise  # cancelled from elsewhere (shutdown): not ours to answer
+            this.uncancel()
             log.info("client of a %s request went away; its job was withdrawn", model_name)
             return error_response("client disconnected", 499)
-        gone.cancel()
-        outputs = work.result()
+        finally:
+            gone.cancel()
         selected = {o.name: outputs[o.name] for o in plan}
         binary = {o.name for o in plan if o.binary_data}
         payload, out_headers = encode_response(
