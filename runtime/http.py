@@ -218,10 +218,11 @@ def build_router(
         else:
             decoded = await asyncio.get_running_loop().run_in_executor(None, decode)
         plan = decoded.output_plan([s.name for s in served.outputs])
-        # The job is submitted from this task and its answer resumes this task: one turn of
-        # the event loop each way (a task of its own and asyncio.wait cost three more turns
-        # on the way back, each a chance to wait for the loop or the GIL on a busy machine).
-        # A client that goes away cancels this task, which withdraws the job.
+        # The job is submitted from this task, and its answer resumes this task in the event
+        # loop's next turn after the executor posts it. A task of its own, asyncio.wait and
+        # asyncio.shield would add a turn each (and one more on the way in); on a busy
+        # machine each turn is a chance to wait for the loop or the GIL. A client that goes
+        # away cancels this task, which withdraws the job.
         this = asyncio.current_task()
         assert this is not None
         gone = asyncio.ensure_future(_cancel_on_disconnect(request, this))
