@@ -231,7 +231,7 @@ def build_router(
                 model_name, decoded.inputs, priority=decoded.priority, timeout_us=decoded.timeout_us
             )
         except asyncio.CancelledError:
-            if not (gone.done() and not gone.cancelled() and gone.result()):
+            if not (gone.done() and not gone.cancelled() and gone.exception() is None):
                 raise  # cancelled from elsewhere (shutdown): not ours to answer
             this.uncancel()
             log.info("client of a %s request went away; its job was withdrawn", model_name)
