@@ -81,7 +81,7 @@ INLINE_DECODE_BYTES = 256 * 1024
 INLINE_JSON_BYTES = 2 * 1024
 
 
-def _decodes_inline(body: bytes, headers: dict[str, str]) -> bool:
+def _decodes_inline(body: bytes | bytearray, headers: dict[str, str]) -> bool:
     """Whether a request body is cheap enough to decode on the event loop: uncompressed,
     and either a binary-extension body of at most ``INLINE_DECODE_BYTES`` whose JSON header
     is small, or a JSON body of at most ``INLINE_JSON_BYTES``."""
@@ -101,13 +101,14 @@ async def _read_body(request: Request, limit: int) -> bytes | bytearray:
     size: joining the chunks of a large body at the end is one copy of the whole body on
     the event loop (milliseconds for a batch of images), during which no other request is
     served; chunk by chunk, each copy takes microseconds."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    header = request.headers.get("content-length", "")
+    declared = int(header) if header.isdigit() else None
+    if declared is not None and declared > limit:
         raise errors.PayloadTooLarge(
             f"request body is {declared} bytes, more than the limit of {limit}"
         )
-    if declared.isdigit() and int(declared) > INLINE_DECODE_BYTES:
-        return await _read_into(request, int(declared))
+    if declared is not None and declared > INLINE_DECODE_BYTES:
+        return await _read_into(request, declared)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
