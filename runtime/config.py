@@ -38,6 +38,17 @@ class RuntimeConfig:
     modelmesh_port: int = 0  # 0: ModelMesh mode off
     memory_budget_mb: float | None = None  # None: the device's default (runtime.modelmesh.memory)
     batch_shards: int | None = None  # None: one per intra-op thread
+    batch_slice_ms: float = 20.0
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -79,6 +90,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_shards", type=int, default=None, metavar="N",
                    help="CPU lane: run a batch job's rows as up to N shards side by side, "
                    "sharing the intra-op threads (default: one per thread; 1: off)")
+    p.add_argument("--batch_slice_ms", type=_positive_float, default=20.0, metavar="MS",
+                   help="while two or more batch models have work, a batch job runs at most "
+                   "this long before the device may pass to another batch model with less "
+                   "device time used (preemptive policies; default 20)")
     p.add_argument("--grace_period", type=int, default=30, help="seconds to drain on SIGTERM")
     p.add_argument("--retry_after_s", type=float, default=1.0)
     p.add_argument("--priority", default=None, choices=[x.value for x in Priority],
@@ -153,4 +168,5 @@ def parse_args(argv: list[str]) -> tuple[RuntimeConfig, list[str]]:
         modelmesh_port=args.modelmesh_port,
         memory_budget_mb=args.memory_budget_mb,
         batch_shards=args.batch_shards,
+        batch_slice_ms=args.batch_slice_ms,
     ), unknown

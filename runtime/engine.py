@@ -131,6 +131,9 @@ class EngineOptions:
     # CPU lane: batch jobs' rows run as up to this many shards side by side, sharing the
     # batch intra-op threads (runtime/shards.py); None: one per thread; below 2: off
     batch_shards: int | None = None
+    # while two or more batch models have work, a batch chunk lasts at most this long
+    # (scheduler.core.Scheduler's batch_slice_s)
+    batch_slice_s: float = 0.02
 
     def batch_idle(self) -> bool:
         """Whether batch work runs under SCHED_IDLE beside the lane."""
@@ -175,6 +178,7 @@ class Engine:
             # beside the lane at idle OS priority, latency-critical jobs never wait for a
             # batch unit to end: splitting batches would only cost throughput
             split_batches=not options.batch_idle(),
+            batch_slice_s=options.batch_slice_s,
         )
         self.inbox = ThreadInbox(self.clock)
         self.inbox.on_cancelled = self._on_cancelled

@@ -40,6 +40,10 @@ class Scheduler:
     with (dynamic batching's queue delay), in seconds.
     ``solo_from_profile``: feed the latency-critical streams' solo estimate with predicted
     execution times instead of measured ones (where jobs run beside other work).
+    ``batch_slice_s``: under a preemptive policy, while another batch model is active (a
+    job queued, started and unfinished, or arrived within the last ``active_window_s``), a
+    batch job's chunk lasts at most this long (predicted; at least one unit), so that batch
+    models take turns on the device by device time instead of job by job.
 
     Callers: ``submit``/``cancel`` when work arrives or leaves; ``decide`` to get the next
     decision; ``chunk_done``/``chunk_failed`` after the device ran a chunk. Guarantees:
@@ -58,7 +62,12 @@ class Scheduler:
         solo_from_profile: bool = False,
         batch_delay: Callable[[str], float] | None = None,
         split_batches: bool = True,
+        batch_slice_s: float = 0.02,
+        active_window_s: float = 1.0,
     ) -> None:
+        self.batch_slice_s = batch_slice_s
+        self.active_window_s = active_window_s
+        self._batch_seen: dict[str, float] = {}
         self._batch_delay = batch_delay or (lambda model: 0.0)
         self._solo_from_profile = solo_from_profile
         self.predictor = Predictor(costs or DeviceCosts())
@@ -68,7 +77,7 @@ class Scheduler:
         self.policy: Policy = make_policy(
             policy, PolicyContext(self.profiles, self.predictor, self.streams, split_batches)
         )
-        self.queue = JobQueue()
+        self.queue = JobQueue(idle_credit_s=batch_slice_s)
         self.current: Job | None = None
         self._batch_limit = batching or (lambda model: None)
         self.preemptions = 0
@@ -103,6 +112,9 @@ class Scheduler:
                 self.predicted_solo(job.model, job.batch_size),
                 job.arrival,
             )
+        if not job.latency_critical:
+            seen = self._batch_seen.get(job.model, job.arrival)
+            self._batch_seen[job.model] = max(job.arrival, seen)
         if job.latency_critical and self._last_batch_chunk is not None:
             # Arrived while a batch chunk held the device: it waited for that sync point.
             t0, t1 = self._last_batch_chunk
@@ -113,6 +125,8 @@ class Scheduler:
     def cancel(self, job: Job) -> bool:
         """Withdraw ``job``; True if it had not started (it will never run)."""
         job.cancelled = True
+        if job.started:
+            self.queue.ended(job)
         return self.queue.remove(job)
 
     def decide(self, now: float) -> tuple[list[Reject], Decision]:
@@ -122,6 +136,7 @@ class Scheduler:
         ]
         current = self.current
         if current is not None and current.cancelled:
+            self.queue.ended(current)
             self.policy.on_finish(current)
             self.current = current = None
         job = self.policy.select(self.queue, current, now)
@@ -140,8 +155,25 @@ class Scheduler:
             job = self._start(job, now)
         self.current = job
         end = self.policy.chunk_end(job, now)
+        if not job.latency_critical and self.policy.preemptive:
+            end = min(end, self._slice_end(job, now))
         end = max(job.next_unit + 1, min(end, job.total_units))
         return rejects, RunChunk(job, job.next_unit, end, preempted)
+
+    def _slice_end(self, job: Job, now: float) -> int:
+        """Where ``job``'s chunk ends at the latest: after ``batch_slice_s`` of predicted
+        time while another batch model is active, else at the job's end."""
+        profile = self.profiles.get(job.model)
+        if profile is None or not self._other_batch_active(job.model, now):
+            return job.total_units
+        d = self.predictor.flat_durations(profile, job.batch_size, job.micro_batches)
+        return self.predictor.first_chunk_end(d, job.next_unit, self.batch_slice_s)
+
+    def _other_batch_active(self, model: str, now: float) -> bool:
+        since = now - self.active_window_s
+        if any(m != model and t >= since for m, t in self._batch_seen.items()):
+            return True
+        return any(m != model for m in self.queue.busy_batch_models())
 
     def _hold_for_batch(self, job: Job, now: float) -> float | None:
         """Until when a batch job waits for more requests to batch with (its model's
@@ -195,6 +227,7 @@ class Scheduler:
                     m.started_at = now
                 job = merged
         job.started_at = now
+        self.queue.started(job)
         self.policy.on_start(job, now)
         return job
 
@@ -216,6 +249,7 @@ class Scheduler:
         if finished:
             job.finished_at = t1
             self.current = None
+            self.queue.ended(job)
             self.policy.on_finish(job)
             if job.latency_critical:
                 service = job.device_time
@@ -229,4 +263,5 @@ class Scheduler:
         job = decision.job
         job.cancelled = True
         self.current = None
+        self.queue.ended(job)
         self.policy.on_finish(job)

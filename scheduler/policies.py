@@ -8,7 +8,10 @@
 | `fixed:K`  | latency-critical (EDF), fair batch  | yes            | K units                 |
 | `deft`     | latency-critical (EDF), fair batch  | yes            | predicted per job       |
 
-Latency-critical jobs always run as one chunk and are never preempted.
+Latency-critical jobs always run as one chunk and are never preempted. Under the three
+preemptive policies a batch chunk also ends after the scheduler's batch slice while another
+batch model is active (``scheduler.core.Scheduler``), so that batch models take turns by
+device time.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ class Policy(Protocol):
     """Chooses the next job and how far it runs before its next sync point."""
 
     name: str
+    # whether a batch job may be set aside at a sync point for other work
+    preemptive: bool
 
     def select(self, queue: JobQueue, current: Job | None, now: float) -> Job | None:
         """The job to run next. ``current`` is the unfinished job that ran the last chunk."""
@@ -63,6 +68,8 @@ class Policy(Protocol):
 
 
 class _NonPreemptive:
+    preemptive = False
+
     def on_start(self, job: Job, now: float) -> None:
         pass
 
@@ -90,8 +97,14 @@ class PriorityPolicy(_NonPreemptive):
 
 
 class _Preemptive:
-    """Latency-critical first (earliest deadline), then the unfinished batch job, then the
-    batch model with the least device time used."""
+    """Latency-critical first (earliest deadline); then, among the started batch jobs (the
+    one that ran the last chunk and any preempted ones) and the first queued job of each
+    batch model, the one whose model has used the least device time. On a tie a started
+    job goes on (the one that ran last first, then the most recently preempted), so a
+    model's jobs never preempt each other and a switch between batch models happens only
+    once the running model has had more device time than another busy one."""
+
+    preemptive = True
 
     def __init__(self) -> None:
         self.paused: list[Job] = []
@@ -102,13 +115,19 @@ class _Preemptive:
             if current is not None and current not in self.paused:
                 self.paused.append(current)
             return lc
-        if current is not None:
-            return current
-        while self.paused:
-            job = self.paused.pop()
-            if not job.cancelled:
-                return job
-        return queue.first_batch_fair()
+        self.paused = [job for job in self.paused if not job.cancelled]
+        candidates = ([current] if current is not None else []) + self.paused[::-1]
+        queued = queue.first_batch_fair()
+        if queued is not None:
+            candidates.append(queued)
+        if not candidates:
+            return None
+        best = min(candidates, key=lambda job: queue.vtime(job.model))  # first of ties
+        if best in self.paused:
+            self.paused.remove(best)
+        if current is not None and best is not current:
+            self.paused.append(current)
+        return best
 
     def on_start(self, job: Job, now: float) -> None:
         pass

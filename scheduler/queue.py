@@ -3,6 +3,14 @@
 Mechanism only: policies decide which job runs; the queue answers "who is first" in the
 orders they need (arrival, request priority, earliest deadline, fair share among batch
 models) and forgets jobs lazily once they start, are rejected or are cancelled.
+
+Fair share: each batch model has a virtual time, the device time it has used; the model
+with the least goes first. A model counts as busy while it has jobs queued or a batch job
+started and not finished (running or preempted); one that was idle does not bank the
+device time it did not ask for: it comes back at most ``idle_credit_s`` behind the least
+virtual time among the busy models. That credit (the scheduler's batch slice) keeps a
+model whose client sends its next request right after each answer from losing its turn
+to the round trip.
 """
 
 from __future__ import annotations
@@ -24,7 +32,8 @@ def _deadline(job: Job) -> float:
 class JobQueue:
     """Queued jobs. Not thread-safe: only the executor thread touches it."""
 
-    def __init__(self) -> None:
+    def __init__(self, idle_credit_s: float = 0.0) -> None:
+        self.idle_credit_s = idle_credit_s
         self._queued: set[int] = set()
         self._by_arrival: list[tuple[float, int, Job]] = []
         self._by_rank: list[tuple[int, float, int, Job]] = []
@@ -34,6 +43,7 @@ class JobQueue:
         self._timeouts: list[tuple[float, int, Job]] = []
         self._vtime: dict[str, float] = defaultdict(float)
         self._vclock = 0.0
+        self._unfinished: dict[int, str] = {}  # started batch jobs not yet ended: id -> model
         self.count_by_model: dict[str, int] = defaultdict(int)
         self._forgotten = 0
 
@@ -51,9 +61,11 @@ class JobQueue:
         if job.latency_critical:
             heapq.heappush(self._lc, (_deadline(job), job.arrival, job.id, job))
         else:
-            if self._batch_count[job.model] == 0:
+            if not self._busy(job.model):
                 # A model that was idle does not bank device time it did not ask for.
-                self._vtime[job.model] = max(self._vtime[job.model], self._vclock)
+                self._vtime[job.model] = max(
+                    self._vtime[job.model], self._vclock - self.idle_credit_s
+                )
             self._batch_count[job.model] += 1
             heapq.heappush(self._batch[job.model], (_deadline(job), job.arrival, job.id, job))
         if job.timeout_at is not None:
@@ -128,15 +140,34 @@ class JobQueue:
         found.sort(key=lambda e: e[:3])
         return [e[-1] for e in found]
 
+    def started(self, job: Job) -> None:
+        """``job`` (a batch job) got the device: its model stays busy until ``ended``."""
+        if not job.latency_critical:
+            self._unfinished[job.id] = job.model
+
+    def ended(self, job: Job) -> None:
+        """A started job finished, failed or was cancelled (idempotent)."""
+        self._unfinished.pop(job.id, None)
+
+    def _busy(self, model: str) -> bool:
+        return self._batch_count[model] > 0 or model in self._unfinished.values()
+
+    def busy_batch_models(self) -> set[str]:
+        """Batch models with jobs queued or started and not finished."""
+        busy = {m for m, c in self._batch_count.items() if c > 0}
+        busy.update(self._unfinished.values())
+        return busy
+
+    def vtime(self, model: str) -> float:
+        """The device time (s) ``model`` has used, as fair sharing counts it."""
+        return self._vtime[model]
+
     def charge(self, model: str, device_seconds: float) -> None:
         """Account device time to a batch model for fair sharing."""
         self._vtime[model] += device_seconds
         self._vclock = max(
             self._vclock,
-            min(
-                (self._vtime[m] for m, c in self._batch_count.items() if c > 0),
-                default=self._vtime[model],
-            ),
+            min((self._vtime[m] for m in self.busy_batch_models()), default=self._vtime[model]),
         )
 
     def expired(self, now: float) -> list[Job]:

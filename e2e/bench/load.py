@@ -4,6 +4,7 @@ send time, so queueing in front of a slow server is not hidden."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing as mp
 import threading
@@ -206,10 +207,9 @@ def open_loop_at(url: str, model: str, x: np.ndarray, offsets_s: list[float],
             local.client = httpclient.InferenceServerClient(
                 url, network_timeout=timeout_s, connection_timeout=timeout_s)
             local.inp = make_input(input_name, x)
-            try:
+            # a failure here is reported by the request itself
+            with contextlib.suppress(Exception):
                 local.client.is_server_live()
-            except Exception:  # noqa: BLE001  (the request itself reports the failure)
-                pass
         delay = scheduled - time.perf_counter()
         if delay > 0:
             time.sleep(delay)

@@ -15,6 +15,7 @@ from runtime.errors import InferenceFailed, QueueFull, RequestTimeout, ShuttingD
 from runtime.priorities import PriorityFileWatcher
 from scheduler.clock import FakeClock
 from scheduler.priority import Priority
+from scheduler.profile import Profile
 from tests.runtime.helpers import make_engine, served_mlp
 
 X = np.ones((1, 4), dtype=np.float32)
@@ -202,6 +203,44 @@ def test_outputs_match_the_whole_model_under_dynamic_batching_and_micro_batches(
         for x, r in zip(xs, results, strict=True):
             np.testing.assert_allclose(r["y"], module(torch.from_numpy(x)).numpy(), rtol=1e-5)
     engine.stop(1.0)
+
+
+def test_two_batch_models_take_turns_on_the_device_and_answer_correctly():
+    # every unit predicted at 15 ms: with a 20 ms slice, a chunk is one unit while the other
+    # batch model has work
+    slow, slow_module = served_mlp("slow")
+    fast, fast_module = served_mlp("fast")
+    for m in (slow, fast):
+        m.profile = Profile({1: tuple([0.015] * m.segmented.num_units)})
+    engine = make_engine([slow, fast], options=EngineOptions(policy="deft", batch_slice_s=0.02))
+    chunks: list[tuple[str, int, int]] = []
+    orig = engine.listener.on_chunk
+
+    def record(done, chunk):
+        chunks.append((chunk.job.model, chunk.start, chunk.end))
+        orig(done, chunk)
+
+    engine.listener.on_chunk = record
+    xs = {name: np.random.default_rng(i).standard_normal((2, 4)).astype(np.float32)
+          for i, name in enumerate(("slow", "fast"))}
+
+    async def go():
+        futs = {name: asyncio.ensure_future(engine.infer(name, {"x": x}))
+                for name, x in xs.items()}
+        await asyncio.sleep(0)
+        engine.start()
+        return {name: await fut for name, fut in futs.items()}
+
+    results = run(go())
+    engine.stop(1.0)
+    with torch.no_grad():
+        for name, module in (("slow", slow_module), ("fast", fast_module)):
+            expected = module(torch.from_numpy(xs[name])).numpy()
+            np.testing.assert_allclose(results[name]["y"], expected, rtol=1e-5)
+    models = [m for m, _, _ in chunks]
+    assert all(end - start == 1 for _, start, end in chunks), chunks
+    # neither model's job ran start to finish while the other waited
+    assert models.index("fast") < len(models) - 1 - models[::-1].index("slow"), models
 
 
 def _policy_of(executor) -> int:

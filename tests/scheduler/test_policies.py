@@ -125,6 +125,90 @@ def test_batch_models_share_the_device_by_time_not_by_job_count():
     assert abs(time_by_model["long"] - time_by_model["short"]) <= 4.0
 
 
+def _closed_loop_share(policy: str, rtt: float = 0.005) -> dict[str, float]:
+    """Two batch models with one closed-loop client each (the next request arrives ``rtt``
+    after the last answer); "slow" jobs take 10 units of 10 ms, "fast" ones 2. Returns each
+    model's share of the device over 5 simulated seconds."""
+    s = make_scheduler(policy, {"slow": [0.01] * 10, "fast": [0.01] * 2})
+    s.submit(make_job("slow", BATCH, arrival=0.0, units=10))
+    s.submit(make_job("fast", BATCH, arrival=0.0, units=2))
+    pending: list[tuple[float, str, int]] = []
+    used = {"slow": 0.0, "fast": 0.0}
+    t = 0.0
+    while t < 5.0:
+        for arrival, model, units in [p for p in pending if p[0] <= t]:
+            pending.remove((arrival, model, units))
+            s.submit(make_job(model, BATCH, arrival=arrival, units=units))
+        _, d = s.decide(t)
+        if isinstance(d, Wait):
+            t = min(p[0] for p in pending)
+            continue
+        assert isinstance(d, RunChunk)
+        took = 0.01 * (d.end - d.start)
+        s.chunk_done(d, t, t + took)
+        used[d.job.model] += took
+        t += took
+        if d.job.done:
+            pending.append((t + rtt, d.job.model, d.job.num_units))
+    total = sum(used.values())
+    return {m: u / total for m, u in used.items()}
+
+
+@pytest.mark.parametrize("policy", ["deft", "layer", "fixed:4"])
+def test_batch_models_with_one_job_at_a_time_each_still_share_the_device_by_time(policy):
+    # each model has at most one job queued, and the next arrives only after the last is
+    # answered: job after job, the slow model would get 5/6 of the device
+    share = _closed_loop_share(policy)
+    assert share["fast"] == pytest.approx(0.5, abs=0.06), share
+
+
+def test_non_preemptive_policies_run_batch_jobs_job_by_job():
+    share = _closed_loop_share("fifo")
+    assert share["slow"] == pytest.approx(10 / 12, abs=0.03), share
+
+
+def test_a_batch_job_is_sliced_only_while_another_batch_model_is_active():
+    s = make_scheduler("deft", {"a": [0.01] * 10, "b": [0.01] * 2}, batch_slice_s=0.02)
+    s.submit(make_job("a", BATCH, arrival=0.0, units=10))
+    _, d = s.decide(0.0)
+    assert isinstance(d, RunChunk) and (d.start, d.end) == (0, 10)  # alone: the whole job
+    s.chunk_done(d, 0.0, 0.1)
+    s.submit(make_job("b", BATCH, arrival=0.1, units=2))
+    s.submit(make_job("a", BATCH, arrival=0.1, units=10))
+    _, d = s.decide(0.1)
+    # "b" was idle: it comes back one slice behind "a", not 0.1 s behind
+    assert d.job.model == "b"
+    s.chunk_done(d, 0.1, 0.12)
+    _, d = s.decide(0.12)
+    assert d.job.model == "a" and (d.start, d.end) == (0, 2)  # b is active: 20 ms slices
+    s.chunk_done(d, 0.12, 0.14)
+    assert s.queue.vtime("b") == pytest.approx(0.1 - 0.02 + 0.02)
+    # two seconds later nothing of "b" has been seen for over the active window
+    s.chunk_done(s.decide(2.0)[1], 2.0, 2.08)  # type: ignore[arg-type]
+    assert s.current is None and not s.queue
+
+
+def test_a_model_that_was_idle_does_not_bank_device_time():
+    s = make_scheduler("layer", {"a": [1.0] * 4, "b": [1.0] * 4}, batch_slice_s=0.5)
+    t = 0.0
+    for _ in range(3):  # "a" alone uses 12 s while "b" is idle
+        s.submit(make_job("a", BATCH, arrival=t, units=4))
+        t += len(run_to_completion(s, start=t))
+    s.submit(make_job("a", BATCH, arrival=t, units=4))
+    s.submit(make_job("b", BATCH, arrival=t, units=4))
+    models = []
+    while True:
+        _, d = s.decide(t)
+        if isinstance(d, Wait):
+            break
+        s.chunk_done(d, t, t + 1.0)
+        models.append(d.job.model)
+        t += 1.0
+    # "b" comes back half a second (its credit) behind "a", not 12 s behind (which would
+    # shut "a" out for 12 s), and the two take turns
+    assert "".join(models) == "babababa"
+
+
 def test_cancelled_queued_job_never_runs():
     s = make_scheduler("fifo")
     a = make_job("b", BATCH, 0.0, units=1)
