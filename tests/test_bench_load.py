@@ -67,3 +67,34 @@ def test_requests_to_a_server_that_is_not_there_count_as_errors():
     x = np.zeros((1, 4), dtype=np.float32)
     st = open_loop_at("127.0.0.1:9", "m", x, [0.0, 0.01], "x", timeout_s=2)
     assert (st.sent, st.errors, st.latencies) == (2, 2, [])
+
+
+def test_no_cyclic_collection_while_latencies_are_measured():
+    import gc
+
+    from e2e.bench.load import quiet_heap
+
+    assert gc.isenabled()
+    inner = threading.Event()
+    release = threading.Event()
+    seen: list[bool] = []
+
+    def other() -> None:
+        with quiet_heap():
+            inner.set()
+            release.wait(5)
+            seen.append(gc.isenabled())
+
+    t = threading.Thread(target=other)
+    with quiet_heap():
+        t.start()
+        inner.wait(5)
+        seen.append(gc.isenabled())
+    # the first measurement ended; the other is still in flight: still off
+    seen.append(gc.isenabled())
+    release.set()
+    t.join(5)
+    assert seen == [False, False, False]
+    assert gc.isenabled()  # back on once the last one ended
+    assert gc.get_freeze_count() > 0
+    gc.unfreeze()

@@ -5,10 +5,12 @@ send time, so queueing in front of a slow server is not hidden."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import multiprocessing as mp
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -184,6 +186,34 @@ def open_loop(url: str, model: str, x: np.ndarray, rate_per_s: float, duration_s
                         workers, priority)
 
 
+_quiet_lock = threading.Lock()
+_quiet_users = [0]
+
+
+@contextlib.contextmanager
+def quiet_heap() -> Iterator[None]:
+    """No cyclic garbage collection in this process while latencies are measured. With
+    torch imported (the profile and in-process stages), a full collection here walks some
+    200,000 objects and holds the GIL for 80-200 ms, stalling every sender thread at once:
+    every system's measured latencies would carry those stalls. Everything alive at the
+    start is frozen (out of the collector's reach for good), and the collector is off until
+    the last measurement in flight ends; reference counting still frees what the senders
+    drop. Nests across threads."""
+    with _quiet_lock:
+        if _quiet_users[0] == 0:
+            gc.collect()
+            gc.freeze()
+            gc.disable()
+        _quiet_users[0] += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_users[0] -= 1
+            if _quiet_users[0] == 0:
+                gc.enable()
+
+
 def open_loop_at(url: str, model: str, x: np.ndarray, offsets_s: list[float],
                  input_name: str = "image", workers: int = 64, priority: int = 0,
                  start: float | None = None, timeout_s: float = 120.0,
@@ -224,7 +254,7 @@ def open_loop_at(url: str, model: str, x: np.ndarray, offsets_s: list[float],
             with lock:
                 out.errors += 1
 
-    with ThreadPoolExecutor(workers) as pool:
+    with quiet_heap(), ThreadPoolExecutor(workers) as pool:
         begin = (time.perf_counter() + 0.05) if start is None else start
         for offset in offsets_s:
             scheduled = begin + offset
