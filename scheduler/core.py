@@ -144,7 +144,11 @@ class Scheduler:
             return rejects, Wait()
         hold = self._hold_for_batch(job, now)
         if hold is not None:
-            return rejects, Wait(until=hold)
+            # it waits for more requests; a started job (preempted for it) runs meanwhile
+            started = self.policy.select(self.queue, current, now, include_queued=False)
+            if started is None:
+                return rejects, Wait(until=hold)
+            job = started
         preempted = None
         if current is not None and job is not current:
             preempted = current

@@ -52,8 +52,12 @@ class Policy(Protocol):
     # whether a batch job may be set aside at a sync point for other work
     preemptive: bool
 
-    def select(self, queue: JobQueue, current: Job | None, now: float) -> Job | None:
-        """The job to run next. ``current`` is the unfinished job that ran the last chunk."""
+    def select(
+        self, queue: JobQueue, current: Job | None, now: float, include_queued: bool = True
+    ) -> Job | None:
+        """The job to run next. ``current`` is the unfinished job that ran the last chunk.
+        ``include_queued`` False: only a started job (to keep the device busy while the
+        queued job chosen first waits for more requests to batch with)."""
         ...
 
     def on_start(self, job: Job, now: float) -> None:
@@ -83,8 +87,10 @@ class _NonPreemptive:
 class FifoPolicy(_NonPreemptive):
     name = "fifo"
 
-    def select(self, queue: JobQueue, current: Job | None, now: float) -> Job | None:
-        return current or queue.first_by_arrival()
+    def select(
+        self, queue: JobQueue, current: Job | None, now: float, include_queued: bool = True
+    ) -> Job | None:
+        return current or (queue.first_by_arrival() if include_queued else None)
 
 
 class PriorityPolicy(_NonPreemptive):
@@ -92,8 +98,10 @@ class PriorityPolicy(_NonPreemptive):
 
     name = "priority"
 
-    def select(self, queue: JobQueue, current: Job | None, now: float) -> Job | None:
-        return current or queue.first_by_rank()
+    def select(
+        self, queue: JobQueue, current: Job | None, now: float, include_queued: bool = True
+    ) -> Job | None:
+        return current or (queue.first_by_rank() if include_queued else None)
 
 
 class _Preemptive:
@@ -109,15 +117,17 @@ class _Preemptive:
     def __init__(self) -> None:
         self.paused: list[Job] = []
 
-    def select(self, queue: JobQueue, current: Job | None, now: float) -> Job | None:
-        lc = queue.first_latency_critical()
+    def select(
+        self, queue: JobQueue, current: Job | None, now: float, include_queued: bool = True
+    ) -> Job | None:
+        lc = queue.first_latency_critical() if include_queued else None
         if lc is not None:
             if current is not None and current not in self.paused:
                 self.paused.append(current)
             return lc
         self.paused = [job for job in self.paused if not job.cancelled]
         candidates = ([current] if current is not None else []) + self.paused[::-1]
-        queued = queue.first_batch_fair()
+        queued = queue.first_batch_fair() if include_queued else None
         if queued is not None:
             candidates.append(queued)
         if not candidates:
@@ -125,7 +135,7 @@ class _Preemptive:
         best = min(candidates, key=lambda job: queue.vtime(job.model))  # first of ties
         if best in self.paused:
             self.paused.remove(best)
-        if current is not None and best is not current:
+        if current is not None and best is not current and current not in self.paused:
             self.paused.append(current)
         return best
 

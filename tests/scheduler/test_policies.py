@@ -320,6 +320,30 @@ def test_a_batch_job_waits_up_to_its_queue_delay_for_more_requests():
     assert d.job.members == [first, second]
 
 
+def test_a_started_batch_job_runs_while_the_model_it_yields_to_waits_for_more_requests():
+    s = make_scheduler("deft", {"a": [0.01] * 10, "b": [0.005] * 2}, batching=lambda m: 4,
+                       batch_delay=lambda m: 0.005 if m == "b" else 0.0)
+    s.submit(make_job("a", BATCH, arrival=0.0, units=10))
+    s.submit(make_job("b", BATCH, arrival=0.0, units=2))
+    _, d = s.decide(0.0)  # a tie: "a" first, for one 20 ms slice ("b" is active)
+    assert (d.job.model, d.start, d.end) == ("a", 0, 2)
+    s.chunk_done(d, 0.0, 0.02)
+    _, d = s.decide(0.02)
+    assert d.job.model == "b"
+    s.chunk_done(d, 0.02, 0.03)  # "b" done: it has used 10 ms, "a" 20 ms
+    s.submit(make_job("b", BATCH, arrival=0.03, units=2))  # alone in a batch of up to 4
+    _, d = s.decide(0.031)
+    # "b" is first by device time but waits until 0.035 for more requests: "a" goes on
+    assert isinstance(d, RunChunk) and (d.job.model, d.start) == ("a", 2)
+    s.chunk_done(d, 0.031, 0.051)
+    _, d = s.decide(0.051)
+    assert isinstance(d, RunChunk) and d.job.model == "b" and d.preempted is not None
+    s.chunk_done(d, 0.051, 0.061)
+    rest = run_to_completion(s, start=0.061, chunk_time=0.02)
+    assert sum(end - start for _, start, end in rest) == 6  # "a" finishes; nothing else ran
+    assert s.current is None and not s.policy.paused  # type: ignore[attr-defined]
+
+
 def test_a_full_batch_does_not_wait():
     s = make_scheduler("fifo", batching=lambda m: 2)
     s._batch_delay = lambda model: 1.0
