@@ -532,9 +532,8 @@ class Executor:
                 self.last_error = exc
                 log.exception("executor loop raised; restarting it")
                 self.metrics.executor_restarts.inc()
-                current = self.loop.scheduler.current
+                current = self.loop.scheduler.drop_current()
                 if current is not None:
-                    self.loop.scheduler.current = None
                     self.loop.listener.on_fail(current, exc, self.loop.clock.now())
 
     def stop(self, timeout: float = 5.0) -> None:

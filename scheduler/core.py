@@ -93,6 +93,7 @@ class Scheduler:
     def remove_model(self, name: str) -> None:
         self.settings.pop(name, None)
         self.profiles.pop(name, None)
+        self._batch_seen.pop(name, None)
 
     def predicted_solo(self, model: str, batch_size: int) -> float:
         profile = self.profiles.get(model)
@@ -264,7 +265,16 @@ class Scheduler:
 
     def chunk_failed(self, decision: RunChunk) -> None:
         """The device raised while running ``decision``: the job is dropped."""
-        job = decision.job
+        self._drop(decision.job)
+
+    def drop_current(self) -> Job | None:
+        """Drop the job in hand (the loop around the scheduler failed); returns it."""
+        job = self.current
+        if job is not None:
+            self._drop(job)
+        return job
+
+    def _drop(self, job: Job) -> None:
         job.cancelled = True
         self.current = None
         self.queue.ended(job)

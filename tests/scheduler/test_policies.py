@@ -344,6 +344,16 @@ def test_a_started_batch_job_runs_while_the_model_it_yields_to_waits_for_more_re
     assert s.current is None and not s.policy.paused  # type: ignore[attr-defined]
 
 
+def test_a_dropped_job_leaves_no_trace_in_the_fair_share():
+    s = make_scheduler("deft", {"a": [0.01] * 10})
+    s.submit(make_job("a", BATCH, arrival=0.0, units=10))
+    _, d = s.decide(0.0)
+    assert s.queue.busy_batch_models() == {"a"}
+    assert s.drop_current() is d.job and d.job.cancelled
+    assert s.current is None and s.queue.busy_batch_models() == set()
+    assert s.drop_current() is None
+
+
 def test_a_full_batch_does_not_wait():
     s = make_scheduler("fifo", batching=lambda m: 2)
     s._batch_delay = lambda model: 1.0
