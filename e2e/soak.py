@@ -9,7 +9,11 @@ server exits 0 on SIGTERM. The server's resident memory is sampled every second:
 the warm-up on, since the first batches grow the allocator's pools once.
 
 ``python -m e2e.soak [--seconds 180] [--batch_clients 3] [--detector_clients 2] [--rate 20]
-[--json FILE]``
+[--embedder_clients N] [--json FILE]``
+
+``--embedder_clients N`` adds a second batch model (the bench's ``embedder``, batches of 8
+160x160 images) with N closed-loop clients, served beside the demo models, so that two batch
+models take turns on the device throughout the run.
 """
 
 from __future__ import annotations
@@ -101,11 +105,18 @@ def server_counts(url: str) -> tuple[dict[tuple[str, str], float], float]:
 
 def run(args: argparse.Namespace) -> dict[str, object]:
     log = Path(tempfile.mkdtemp(prefix="deft-soak-")) / "runtime.log"
-    with RuntimeProcess("--demo", log_path=log) as server:
+    models = ["--demo"]
+    if args.embedder_clients:
+        from e2e.bench.models import write_bench_repository
+
+        models = ["--model_dir", str(write_bench_repository())]
+    with RuntimeProcess(*models, log_path=log) as server:
         assert server.proc is not None
         pid = server.proc.pid
         stop = threading.Event()
         counters = {"detector": Counter(), "classifier": Counter()}
+        if args.embedder_clients:
+            counters["embedder"] = Counter()
         rng = np.random.default_rng(0)
         threads = [threading.Thread(target=worker, daemon=True, args=(
             server.url, "detector", rng.random((1, 3, 96, 96), dtype=np.float32), stop,
@@ -113,6 +124,9 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         threads += [threading.Thread(target=worker, daemon=True, args=(
             server.url, "classifier", rng.random((8, 3, 224, 224), dtype=np.float32), stop,
             counters["classifier"], None)) for _ in range(args.batch_clients)]
+        threads += [threading.Thread(target=worker, daemon=True, args=(
+            server.url, "embedder", rng.random((8, 3, 160, 160), dtype=np.float32), stop,
+            counters["embedder"], None)) for _ in range(args.embedder_clients)]
         samples = [(0.0, rss_mb(pid))]
         t0 = time.monotonic()
         for t in threads:
@@ -140,7 +154,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     return {
         "seconds": args.seconds,
         "wall_s": round(wall, 1),
-        "clients": {"detector": args.detector_clients, "classifier": args.batch_clients},
+        "clients": {"detector": args.detector_clients, "classifier": args.batch_clients,
+                    "embedder": args.embedder_clients},
         **counts,
         "total": totals,
         "server_agrees": not mismatches,
@@ -165,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch_clients", type=int, default=3)
     p.add_argument("--detector_clients", type=int, default=2)
     p.add_argument("--rate", type=float, default=20.0, help="detector requests/s per client")
+    p.add_argument("--embedder_clients", type=int, default=0,
+                   help="closed-loop clients of a second batch model (0: demo models only)")
     p.add_argument("--warmup", type=float, default=20.0,
                    help="seconds after which memory growth is measured (at most half the run)")
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
