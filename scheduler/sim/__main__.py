@@ -62,6 +62,13 @@ def _parser() -> argparse.ArgumentParser:
         help="one simulated device queue even where the workload asks for the CPU lane",
     )
     p.add_argument(
+        "--batch_slice_ms",
+        type=float,
+        default=None,
+        help="the runtime's --batch_slice_ms: while another batch model is active, a batch "
+        "chunk lasts at most this long (default: the workload's device.batch_slice_ms, or 20)",
+    )
+    p.add_argument(
         "--duration",
         type=float,
         default=None,
@@ -110,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
             if not args.duration > 0:
                 raise WorkloadError("--duration", "must be > 0")
             workload = dataclasses.replace(workload, duration_s=args.duration)
+        if args.batch_slice_ms is not None:
+            if not args.batch_slice_ms > 0:
+                raise WorkloadError("--batch_slice_ms", "must be > 0")
+            workload = dataclasses.replace(workload, batch_slice_s=args.batch_slice_ms / 1000.0)
         policies = [p.strip() for p in args.policy.split(",") if p.strip()]
         for name in policies:
             validate_policy_name(name)

@@ -363,7 +363,7 @@ def _scheduler(
 ) -> Scheduler:
     scheduler = Scheduler(
         policy, workload.costs, streams=streams, solo_from_profile=solo_from_profile,
-        split_batches=split_batches,
+        split_batches=split_batches, batch_slice_s=workload.batch_slice_s,
     )
     for name, profile in workload.models.items():
         scheduler.profiles[name] = profile

@@ -56,6 +56,8 @@ class Workload:
     streams: tuple[Stream, ...]
     # the runtime's CPU lane: latency-critical jobs on a thread of their own (engine.py)
     cpu_lane: bool = False
+    # the runtime's --batch_slice_ms: batch chunks while another batch model is active
+    batch_slice_s: float = 0.02
 
     def only(self, index: int) -> Workload:
         """The same workload with one stream alone on the device."""
@@ -152,6 +154,8 @@ def parse_workload(data: Any) -> Workload:
     cpu_lane = device.get("cpu_lane", False)
     if not isinstance(cpu_lane, bool):
         raise WorkloadError("device.cpu_lane", f"must be true or false, got {cpu_lane!r}")
+    slice_ms = _num(device, "batch_slice_ms", "device.", required=False, positive=True,
+                    default=20.0)
     models_raw = _obj(data.get("models"), "models") if "models" in data else None
     if not models_raw:
         raise WorkloadError("models", "is required and must name at least one model")
@@ -210,6 +214,7 @@ def parse_workload(data: Any) -> Workload:
         models,
         tuple(streams),
         cpu_lane,
+        (slice_ms or 20.0) / 1000.0,
     )
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from scheduler.sim.__main__ import main
 from scheduler.sim.engine import percentile, simulate
-from scheduler.sim.workload import parse_workload
+from scheduler.sim.workload import WorkloadError, parse_workload
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = {
@@ -201,3 +201,58 @@ def test_cli_runs_as_a_module(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "fixed:K" in proc.stderr
+
+
+TWO_BATCH = {
+    "name": "two-batch",
+    "duration_s": 5,
+    "seed": 3,
+    "device": {"launch_overhead_us": 5, "sync_overhead_us": 20},
+    "models": {
+        "slow": {"profile": {"8": [10000] * 10}},
+        "fast": {"profile": {"8": [10000] * 2}},
+    },
+    "streams": [
+        {"model": "slow", "priority": "batch", "batch_size": 8,
+         "arrival": {"type": "closed", "clients": 1}},
+        {"model": "fast", "priority": "batch", "batch_size": 8,
+         "arrival": {"type": "closed", "clients": 1}},
+    ],
+}
+
+
+def _done(result, model):
+    return sum(len(r.latencies) for r, s in zip(result.records, result.workload.streams,
+                                                  strict=True) if s.model == model)
+
+
+def _p99(result, model):
+    lat = [x for r, s in zip(result.records, result.workload.streams, strict=True)
+           if s.model == model for x in r.latencies]
+    return percentile(lat, 0.99)
+
+
+def test_batch_models_share_the_simulated_device_by_time_in_slices():
+    sliced = simulate(parse_workload(TWO_BATCH), "deft")
+    whole = simulate(parse_workload({**TWO_BATCH, "device": {
+        **TWO_BATCH["device"], "batch_slice_ms": 1e6}}), "deft")
+    # jobs take 100 and 20 ms and each client sends its next request the moment the last is
+    # answered: by device time, "fast" completes about five jobs per "slow" job either way
+    for result in (sliced, whole):
+        assert _done(result, "fast") / _done(result, "slow") == pytest.approx(5, rel=0.2)
+    # in 20 ms slices a "fast" job never waits for a whole "slow" job
+    assert _p99(sliced, "fast") < 0.05 < 0.1 < _p99(whole, "fast")
+
+
+def test_the_batch_slice_comes_from_the_workload_or_the_command_line(tmp_path, capsys):
+    assert parse_workload(TWO_BATCH).batch_slice_s == 0.02
+    path = write(tmp_path, TWO_BATCH)
+    p99 = []
+    for extra in ([], ["--batch_slice_ms", "1000000"]):
+        assert main(["--workload", path, "--policy", "deft", "--json", *extra]) == 0
+        out = json.loads(capsys.readouterr().out)
+        p99.append({st["model"]: st["p99_ms"] for st in out["streams"]}["fast"])
+    assert p99[0] < 50 < 100 < p99[1]
+    assert main(["--workload", path, "--batch_slice_ms", "0"]) == 2
+    with pytest.raises(WorkloadError, match="batch_slice_ms"):
+        parse_workload({**TWO_BATCH, "device": {"batch_slice_ms": -5}})
