@@ -114,19 +114,16 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         assert server.proc is not None
         pid = server.proc.pid
         stop = threading.Event()
-        counters = {"detector": Counter(), "classifier": Counter()}
+        # model, input shape, clients, seconds between a client's requests (None: back to back)
+        clients = [("detector", (1, 3, 96, 96), args.detector_clients, 1.0 / args.rate),
+                   ("classifier", (8, 3, 224, 224), args.batch_clients, None)]
         if args.embedder_clients:
-            counters["embedder"] = Counter()
+            clients.append(("embedder", (8, 3, 160, 160), args.embedder_clients, None))
+        counters = {model: Counter() for model, *_ in clients}
         rng = np.random.default_rng(0)
         threads = [threading.Thread(target=worker, daemon=True, args=(
-            server.url, "detector", rng.random((1, 3, 96, 96), dtype=np.float32), stop,
-            counters["detector"], 1.0 / args.rate)) for _ in range(args.detector_clients)]
-        threads += [threading.Thread(target=worker, daemon=True, args=(
-            server.url, "classifier", rng.random((8, 3, 224, 224), dtype=np.float32), stop,
-            counters["classifier"], None)) for _ in range(args.batch_clients)]
-        threads += [threading.Thread(target=worker, daemon=True, args=(
-            server.url, "embedder", rng.random((8, 3, 160, 160), dtype=np.float32), stop,
-            counters["embedder"], None)) for _ in range(args.embedder_clients)]
+            server.url, model, rng.random(shape, dtype=np.float32), stop, counters[model],
+            interval)) for model, shape, n, interval in clients for _ in range(n)]
         samples = [(0.0, rss_mb(pid))]
         t0 = time.monotonic()
         for t in threads:

@@ -137,9 +137,8 @@ class Scheduler:
         ]
         current = self.current
         if current is not None and current.cancelled:
-            self.queue.ended(current)
-            self.policy.on_finish(current)
-            self.current = current = None
+            self._drop(current)
+            current = None
         job = self.policy.select(self.queue, current, now)
         if job is None:
             return rejects, Wait()

@@ -303,17 +303,22 @@ def paired_windows(targets: list[PairedTarget], wl: BenchWorkload, specs: Mappin
     out: dict[str, Any] = {}
     slo_s = min(slo_ms.values()) / 1e3 if slo_ms else None
     for t in targets:
-        per_window = []
-        for t0, t1 in spans[t.label]:
-            per_window.append(round(sum(
-                s.batch_size * completion_rate(loop.completed_at, t0, t1)
-                for s, loop in loops[t.label]), 3))
+        by_model: dict[str, list[float]] = {}
+        for s, loop in loops[t.label]:
+            rates = [s.batch_size * completion_rate(loop.completed_at, t0, t1)
+                     for t0, t1 in spans[t.label]]
+            prior = by_model.get(s.model, [0.0] * len(rates))
+            by_model[s.model] = [a + b for a, b in zip(prior, rates, strict=True)]
+        per_window = [round(sum(w), 3) for w in zip(*by_model.values(), strict=True)] \
+            if by_model else []
         lat = lc[t.label]
         total = len(lat) + errors[t.label]
         out[t.label] = {
             "batch_items_per_s": per_window,
             "batch_items_per_s_median": round(float(np.median(per_window)), 3)
             if per_window else None,
+            "batch_items_per_s_by_model": {m: [round(x, 3) for x in w]
+                                           for m, w in by_model.items()},
             "lc_completed": len(lat), "lc_errors": errors[t.label],
             "lc_p50_ms": round(1e3 * percentile(lat, 0.5), 3) if lat else None,
             "lc_p99_ms": round(1e3 * percentile(lat, 0.99), 3) if lat else None,

@@ -2,7 +2,8 @@
 
 Each server (Deft at each ``--batch_slice_ms`` value, and Triton without priority levels
 where its peer venv is built) gets the mix's closed-loop batch clients for one window per
-round, the others idle meanwhile; the order alternates between rounds. Windows in turns see
+round, the others idle meanwhile (``driver.paired_windows``, as the suite's paired windows,
+without the latency-critical streams). Windows in turns see
 the same machine: on a shared machine the speed drifts by more than the differences being
 measured, so one window per server minutes apart would compare the drift instead.
 
@@ -18,13 +19,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from e2e.bench.__main__ import find_mixes
-from e2e.bench.driver import closed_loop, stream_inputs
-from e2e.bench.load import ClosedLoop
+from e2e.bench.driver import PairedTarget, paired_windows
 from e2e.bench.models import model_specs, write_bench_repository
 from e2e.bench.systems import ServerProcess, deft_server, triton_server, triton_unavailable
 from e2e.bench.workload import load_bench_workload
@@ -91,44 +91,25 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.rounds} rounds of {args.window_s} s on {len(servers)} servers (logs in {logs})")
 
     started: list[ServerProcess] = []
-    loops: dict[str, list[ClosedLoop]] = {}
     try:
         for server in servers.values():
             started.append(server.__enter__())
-        inputs = stream_inputs(wl, specs)
-        for name, server in servers.items():
-            loops[name] = [closed_loop(server.url, s, inputs, pausable=True).start()
-                           for s in wl.batch]
-            for loop in loops[name]:
-                loop.pause()
-        spans: dict[str, list[tuple[float, float]]] = {name: [] for name in servers}
-        for r in range(args.rounds):
-            order = list(servers) if r % 2 == 0 else list(servers)[::-1]
-            for name in order:
-                for loop in loops[name]:
-                    loop.resume()
-                time.sleep(1.0)  # each client has a request in flight
-                t0 = time.monotonic()
-                time.sleep(args.window_s)
-                spans[name].append((t0, time.monotonic()))
-                for loop in loops[name]:
-                    loop.pause()
-                time.sleep(0.5)  # the last answers leave
-        windows: dict[str, list[float]] = {}
-        for name, group in loops.items():
-            for loop in group:
-                loop.stop()
-            per_model = [[s.batch_size * loop.throughput(t0, t1) for t0, t1 in spans[name]]
-                         for s, loop in zip(wl.batch, group, strict=True)]
-            windows[name] = [sum(w) for w in zip(*per_model, strict=True)]
-            models = ", ".join(f"{s.model} {statistics.median(w):.1f}"
-                               for s, w in zip(wl.batch, per_model, strict=True))
-            print(f"  {name}: per model, median items/s: {models}")
-        for line in summary(windows, reference):
-            print(line)
+        targets = [PairedTarget(name, server.url, False) for name, server in servers.items()]
+        # the mix without its latency-critical streams: the batch clients alone, in turns
+        batch_only = replace(wl, streams=tuple(wl.batch))
+        results = paired_windows(targets, batch_only, specs, rounds=args.rounds,
+                                 window_s=args.window_s, warm_s=1.0, lc_timeout_s=20.0,
+                                 log=lambda msg: None)
     finally:
         for server in reversed(started):
             server.__exit__(None, None, None)
+    for name, r in results.items():
+        models = ", ".join(f"{m} {statistics.median(w):.1f}"
+                           for m, w in r["batch_items_per_s_by_model"].items())
+        print(f"  {name}: per model, median items/s: {models}")
+    for line in summary({name: r["batch_items_per_s"] for name, r in results.items()},
+                        reference):
+        print(line)
     return 0
 
 
