@@ -19,7 +19,7 @@ PY    := $(BIN)/python
 STAMP := $(VENV)/.installed
 PEER_STAMP := $(PEER_VENV)/.installed
 
-.PHONY: all venv test e2e run sim-demo lint bench peer-venv soak images clean
+.PHONY: all venv test e2e run sim-demo lint bench bench-gpu gpu-kit peer-venv soak images clean
 
 all: test
 
@@ -60,6 +60,14 @@ bench: $(STAMP)
 	@$(MAKE) --no-print-directory peer-venv || \
 	  echo "bench: the Triton peer venv could not be built; Triton rows will be skipped"
 	$(PY) -m e2e.bench $(if $(QUICK),--quick) --peer_python $(PEER_VENV)/bin/python $(BENCH_ARGS)
+
+# The suite on an NVIDIA GPU (results/gpu/), and the wheels for a GPU host without network
+# access (e2e/bench/README.md, "On a GPU").
+bench-gpu:
+	bash e2e/bench/gpu.sh $(BENCH_ARGS)
+
+gpu-kit:
+	bash e2e/bench/offline_kit.sh
 
 # Triton (nvidia-pytriton) in a venv of its own: it needs numpy<2, the project numpy>=2.
 $(PEER_STAMP):

@@ -351,3 +351,128 @@ def test_paired_windows_take_turns_and_measure_each_window(monkeypatch):
     assert out["deft:deft"]["batch_items_per_s_median"] == 40.0
     assert out["deft:deft"]["slo_attainment"] == 1.0 and out["deft:deft"]["lc_p99_ms"] == 10.0
     assert out["triton:none"]["slo_attainment"] == 0.0
+
+
+def factor_entry(factor, att, mixed, alone, batch_p50):
+    lc = dict(stream("detector", "latency-critical", 12.0, 20.0, att=att),
+              slo_ms=round(factor * 8.0, 3), solo_p99_ms=None)
+    batch = dict(stream("classifier", "batch", 2 * batch_p50, mixed, solo_tput=alone, bs=8),
+                 p50_ms=batch_p50)
+    return {"mix": "pair", "factor": factor, "seconds": 30.0, "solo_p99_ms": {"0": 8.0},
+            "streams": [lc, batch]}
+
+
+def with_factors(result, deft_tight=(0.995, 3.7, 4.0), layer_delay=900.0, gpu=True):
+    result["gpu"] = gpu
+    deft, layer = result["systems"][0], run("deft:layer", "deft", "layer", 14.0, 3.5)
+    att, mixed, alone = deft_tight
+    deft["slo_factors"] = [factor_entry(1.1, att, mixed, alone, 700.0),
+                           factor_entry(2.0, 1.0, 3.9, 4.0, 600.0)]
+    layer["slo_factors"] = [factor_entry(1.1, 0.97, 3.0, 4.0, 1000.0),
+                            factor_entry(2.0, 1.0, 3.4, 4.0, layer_delay)]
+    result["systems"].append(layer)
+    return result
+
+
+def test_factor_rows_give_each_system_and_factor_its_slo_and_batch_figures(result):
+    rows = report.factor_rows(with_factors(result))
+    assert [(r["label"], r["factor"]) for r in rows] == [
+        ("deft:deft", 1.1), ("deft:deft", 2.0), ("deft:layer", 1.1), ("deft:layer", 2.0)]
+    first = rows[0]
+    assert first["slo_ms"] == 8.8 and first["attainment"] == 0.995
+    assert first["batch_items_per_s"] == pytest.approx(3.7 * 8)
+    assert first["retained"] == pytest.approx(3.7 / 4.0)
+    assert first["batch_p50_ms"] == 700.0
+    md = report.markdown(result)
+    assert "## Other SLOs" in md
+    assert "| deft:deft | 1.1 x | 8.80 | 99.5% | 12.00 | 29.6 | 32.0 | 92.5% | 700.0 |" in md
+
+
+def test_gpu_checks_at_tight_and_loose_slos(result):
+    checks = {c["check"]: c for c in report.checks(with_factors(result))}
+    tight = checks["GPU: deft meets an SLO of 1.10 x solo p99 for >= 99%"]
+    assert tight["value"] == 0.995 and tight["pass"] is True
+    kept = checks["GPU: deft keeps >= 90% of its batch throughput at 1.10 x solo p99"]
+    assert kept["value"] == 0.925 and kept["pass"] is True
+    gain = checks["GPU: at 2 x solo p99, deft's batch inference delay >= 28% below layer's"]
+    assert gain["value"] == pytest.approx(1 - 600.0 / 900.0, abs=1e-3) and gain["pass"]
+
+
+def test_gpu_checks_fail_where_the_targets_are_missed(result):
+    checks = {c["check"]: c["pass"] for c in report.checks(
+        with_factors(result, deft_tight=(0.98, 3.0, 4.0), layer_delay=700.0))}
+    assert checks["GPU: deft meets an SLO of 1.10 x solo p99 for >= 99%"] is False
+    assert checks["GPU: deft keeps >= 90% of its batch throughput at 1.10 x solo p99"] is False
+    assert checks["GPU: at 2 x solo p99, deft's batch inference delay >= 28% below "
+                  "layer's"] is False
+
+
+def test_gpu_checks_only_on_a_gpu_run(result):
+    labels = [c["check"] for c in report.checks(with_factors(result, gpu=False))]
+    assert not any(label.startswith("GPU:") for label in labels)
+    # the table is still written: the factors can be run on a CPU too
+    assert "## Other SLOs" in report.markdown(result)
+
+
+def test_slo_factors_option_and_gpu_defaults():
+    from e2e.bench.__main__ import (
+        FACTOR_SYSTEMS,
+        GPU_MIXES,
+        GPU_SLO_FACTORS,
+        GPU_SYSTEMS,
+        parse_factors,
+    )
+
+    assert parse_factors(GPU_SLO_FACTORS) == [1.1, 2.0]
+    assert parse_factors(None) == parse_factors("none") == parse_factors("") == []
+    with pytest.raises(ValueError, match="above 1"):
+        parse_factors("1.1,0.9")
+    with pytest.raises(ValueError, match="not a number"):
+        parse_factors("tight")
+    labels = [s.label for s in select_systems(GPU_SYSTEMS, gpu=True)]
+    assert labels[0] == "deft:deft" and set(FACTOR_SYSTEMS) <= set(labels)
+    assert "deft:deft/same-stream" in labels and "kserve" in labels
+    assert GPU_MIXES == "pair-poisson"
+
+
+def test_slo_variant_reuses_the_reference_solo_p99_and_skips_its_own_solo(monkeypatch):
+    from pathlib import Path
+
+    from e2e.bench import driver
+    from e2e.bench.workload import load_bench_workload
+
+    wl = load_bench_workload(Path(__file__).parents[1] / "e2e" / "bench" / "workloads"
+                             / "1-pair-poisson.json")
+    seen = {}
+
+    def fake_run_mix(url, wl, specs, phases, **kw):
+        seen.update(kw, phases=phases)
+        return "measured"
+
+    monkeypatch.setattr(driver, "run_mix", fake_run_mix)
+    out = driver.run_slo_variant("u", wl, {}, driver.Phases(), solo_p99_ms={0: 8.0},
+                                 factor=1.1, send_priority=True, apply_slos=None)
+    assert out == "measured"
+    assert seen["reference_slo_ms"] == {0: 8.8}
+    assert seen["phases"].solo_s == 0 and seen["phases"].batch_after_s == 0
+    assert seen["phases"].batch_only_s == driver.Phases().batch_only_s
+    assert seen["probe"] is False and seen["send_priority"] is True
+
+    streams = [driver.Measured("detector", "latency-critical", 1, ""),
+               driver.Measured("classifier", "batch", 8, "")]
+    measured = driver.MixResult(wl.name, streams, {}, 0.0)
+    measured.streams[0].solo_latencies_s = [i / 1000 for i in range(1, 101)]
+    assert driver.reference_solo_p99_ms(measured, wl) == {0: pytest.approx(99.0)}
+
+
+def test_mix_selection_by_name_all_and_quick():
+    from e2e.bench.__main__ import GPU_MIXES, find_mixes
+
+    every = find_mixes(None, quick=False)
+    assert [p.stem for p in every] == ["1-pair-poisson", "2-pair-bursty", "3-trio-periodic"]
+    assert find_mixes(None, quick=True) == every[:1]
+    assert find_mixes("all", quick=True) == every
+    assert find_mixes(GPU_MIXES, quick=False) == every[:1]
+    assert find_mixes("trio-periodic,pair-bursty", quick=False) == [every[2], every[1]]
+    with pytest.raises(SystemExit, match="no mix"):
+        find_mixes("nonesuch", quick=False)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from e2e.bench import plots, report
-from e2e.bench.driver import MixResult, Phases, run_mix
+from e2e.bench.driver import MixResult, Phases, reference_solo_p99_ms, run_mix, run_slo_variant
 from e2e.bench.report import sequence_stats
 from e2e.bench.systems import (
     ServerProcess,
@@ -46,6 +46,14 @@ QUICK_SYSTEMS = "deft,kserve,triton:priority-levels"
 # the systems the cross-system checks compare run next to each other: the machine's speed
 # drifts over minutes, and a ratio of two throughputs measured ten minutes apart carries it
 FULL_SYSTEMS = "deft:deft,triton,kserve,deft:*"
+# on a GPU the peer is left out (its build needs a network the GPU machine may not have; it
+# runs where its venv exists, with --systems), and the suite fits one ten-minute run
+GPU_SYSTEMS = "deft:deft,deft:deft/same-stream,deft:layer,kserve,deft:fifo,deft:priority"
+GPU_MIXES = "pair-poisson"
+# the primary mix again at other latency-critical SLOs (x the reference's solo p99), on these
+# systems: how attainment and batch throughput move with the slack an SLO leaves
+GPU_SLO_FACTORS = "1.1,2"
+FACTOR_SYSTEMS = ("deft:deft", "deft:layer")
 SIM_POLICIES = ("deft", "fifo", "priority", "layer", "fixed:4")
 
 
@@ -94,12 +102,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--systems", default=None,
                    help="comma-separated: deft:*, triton, kserve, deft:POLICY, "
                         f"triton:priority-levels, triton:none (default: all; quick: "
-                        f"{QUICK_SYSTEMS})")
+                        f"{QUICK_SYSTEMS}; --gpu: {GPU_SYSTEMS})")
     p.add_argument("--mixes", default=None,
-                   help="comma-separated workload files or names in e2e/bench/workloads "
-                        "(default: all; quick: the first)")
+                   help="comma-separated workload files or names in e2e/bench/workloads, "
+                        f"or 'all' (default: all; quick: the first; --gpu: {GPU_MIXES})")
     p.add_argument("--peer_python", type=Path, default=ROOT / ".peer-venv" / "bin" / "python",
                    help="the Python of the Triton peer venv (make peer-venv)")
+    p.add_argument("--slo_factors", default=None, metavar="F,F",
+                   help="also run the first mix on deft:deft and deft:layer with the "
+                        "latency-critical SLO at each factor x the reference's solo p99 "
+                        f"(default with --gpu: {GPU_SLO_FACTORS}; 'none': off)")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--model_dir", type=Path, default=None,
                    help="bench model repository (default: written under ~/.cache/deft)")
@@ -111,6 +123,8 @@ def find_mixes(spec: str | None, quick: bool) -> list[Path]:
     every = sorted(WORKLOADS.glob("*.json"))
     if not spec:
         return every[:1] if quick else every
+    if spec.strip() == "all":
+        return every
     out = []
     for name in (n.strip() for n in spec.split(",") if n.strip()):
         path = Path(name)
@@ -222,9 +236,27 @@ def start_system(spec: SystemSpec, model_dir: Path, specs: dict, logs: Path, cac
     return triton_server(peer_python, specs, levels, logs / f"{slug}.log", device), None
 
 
+def parse_factors(text: str | None) -> list[float]:
+    """``--slo_factors``: comma-separated factors above 1 (``none`` or empty: none)."""
+    if not text or text.strip().lower() == "none":
+        return []
+    out = []
+    for part in (x.strip() for x in text.split(",") if x.strip()):
+        try:
+            value = float(part)
+        except ValueError:
+            raise ValueError(f"--slo_factors: {part!r} is not a number") from None
+        if not value > 1.0:
+            raise ValueError(f"--slo_factors: {part} must be above 1 (x the solo p99)")
+        out.append(value)
+    return out
+
+
 def run_system(spec: SystemSpec, server: ServerProcess, prio: DeftPriorities | None,
                mixes: list[BenchWorkload], specs: dict, phases: Phases,
-               slos: dict[str, dict[int, float]]) -> tuple[dict[str, Any], list[MixResult]]:
+               slos: dict[str, dict[int, float]], factors: list[float] | None = None,
+               ref_solo: dict[str, dict[int, float]] | None = None,
+               ) -> tuple[dict[str, Any], list[MixResult]]:
     entry: dict[str, Any] = {"system": spec.system, "policy": spec.policy, "label": spec.label,
                              "variant": spec.variant, "startup_s": round(server.started_s, 1),
                              "probe": {}, "mixes": []}
@@ -244,11 +276,26 @@ def run_system(spec: SystemSpec, server: ServerProcess, prio: DeftPriorities | N
                       reference_slo_ms=ref, apply_slos=prio, probe=(i == 0), log=log)
         if spec.reference or wl.name not in slos:
             slos.setdefault(wl.name, {k: v for k, v in res.slo_ms.items()})
+        if spec.reference and ref_solo is not None:
+            ref_solo[wl.name] = reference_solo_p99_ms(res, wl)
         entry["mixes"].append({"mix": wl.name, "seconds": round(res.seconds, 1),
                                "streams": [m.summary() for m in res.streams]})
         for model, st in res.probe.items():
             entry["probe"][model] = sequence_stats(st.latencies)
         results.append(res)
+    solo = (ref_solo or {}).get(mixes[0].name) if mixes else None
+    if factors and solo and spec.label in FACTOR_SYSTEMS:
+        wl = mixes[0]
+        entry["slo_factors"] = []
+        for factor in factors:
+            log(f"{spec.label}: {wl.name} with the SLO at {factor} x solo p99")
+            res = run_slo_variant(server.url, wl, specs, phases, solo_p99_ms=solo,
+                                  factor=factor, send_priority=spec.priorities,
+                                  apply_slos=prio, log=log)
+            entry["slo_factors"].append({
+                "mix": wl.name, "factor": factor, "seconds": round(res.seconds, 1),
+                "solo_p99_ms": {str(k): round(v, 3) for k, v in solo.items()},
+                "streams": [m.summary() for m in res.streams]})
     return entry, results
 
 
@@ -349,12 +396,15 @@ def main(argv: list[str] | None = None) -> int:
         cache.mkdir()
     try:
         default = QUICK_SYSTEMS + (",deft:deft/same-stream" if gpu else "") if quick \
-            else FULL_SYSTEMS
+            else GPU_SYSTEMS if gpu else FULL_SYSTEMS
         systems = select_systems(args.systems or default, gpu)
+        factors = parse_factors(args.slo_factors if args.slo_factors is not None
+                                else GPU_SLO_FACTORS if gpu else None)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    mixes = [load_bench_workload(p) for p in find_mixes(args.mixes, quick)]
+    mix_spec = args.mixes or (GPU_MIXES if gpu and not quick else None)
+    mixes = [load_bench_workload(p) for p in find_mixes(mix_spec, quick)]
     phases = Phases(solo_s=2.0, reference_solo_s=2.5, batch_only_s=2.0, warm_s=0.8,
                     mixed_scale=0.35, probe_requests=30, lc_timeout_s=10.0,
                     paired_rounds=0, primary_batch_after=False) if quick else Phases()
@@ -396,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
     slos: dict[str, dict[int, float]] = {}
+    ref_solo: dict[str, dict[int, float]] = {}
     latencies: dict[str, dict[str, list[float]]] = {wl.name: {} for wl in mixes}
     triton_reason = triton_unavailable(args.peer_python) \
         if any(s.system == "triton" for s in systems) else None
@@ -437,7 +488,8 @@ def main(argv: list[str] | None = None) -> int:
                         log(f"{spec.label}: {batch_stream.model} items/s over HTTP "
                             f"{overhead['http_items_per_s']}, in process "
                             f"{overhead['in_process_items_per_s']}: ratio {overhead['ratio']}")
-                    entry, results = run_system(spec, server, prio, mixes, specs, phases, slos)
+                    entry, results = run_system(spec, server, prio, mixes, specs, phases, slos,
+                                                factors, ref_solo)
             except (RuntimeError, TimeoutError, OSError) as exc:
                 log(f"{spec.label}: FAILED: {str(exc)[-1500:]}")
                 skipped.append({"label": spec.label, "reason": f"failed: {str(exc)[-300:]}"})
@@ -489,6 +541,7 @@ def main(argv: list[str] | None = None) -> int:
                    "paired_window_s": phases.paired_window_s,
                    "batch_only_s": phases.batch_only_s,
                    "warm_s": phases.warm_s, "mixed_scale": phases.mixed_scale},
+        "slo_factors": factors,
         "systems": runs,
         "paired": paired,
         "skipped": skipped,

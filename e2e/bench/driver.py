@@ -22,7 +22,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -170,7 +170,7 @@ def run_mix(
                                                    name, priority=prio)
 
     solo_p99: dict[int, float] = {}
-    for s in wl.latency_critical:
+    for s in wl.latency_critical if phases.solo_s > 0 else []:
         name, x = inputs[s.index]
         offsets = arrival_offsets(s.arrival, phases.solo_s, wl.seed, s.index)
         st = open_loop_at(url, s.model, x, offsets, name, priority=prio,
@@ -247,6 +247,32 @@ def run_mix(
             f"SLO {s['slo_ms']} met {s['slo_attainment']}  {s['throughput_per_s']}/s "
             f"(errors {m.errors})")
     return result
+
+
+def reference_solo_p99_ms(result: MixResult, wl: BenchWorkload) -> dict[int, float]:
+    """Each latency-critical stream's solo p99 (ms) in a mix run: on the reference system,
+    the basis of every factor SLO (index -> ms)."""
+    out = {}
+    for s in wl.latency_critical:
+        lat = result.streams[s.index].solo_latencies_s
+        if lat:
+            out[s.index] = 1000.0 * percentile(lat, 0.99)
+    return out
+
+
+def run_slo_variant(url: str, wl: BenchWorkload, specs: Mapping[str, Mapping], phases: Phases,
+                    *, solo_p99_ms: Mapping[int, float], factor: float, send_priority: bool,
+                    apply_slos: Callable[[BenchWorkload, Mapping[int, float]], None] | None,
+                    log: Callable[[str], None] = print) -> MixResult:
+    """The mix's batch-only and mixed phases again with every latency-critical SLO at
+    ``factor`` x ``solo_p99_ms`` (the reference's solo p99, measured before, so that every
+    system and factor shares one basis): how SLO attainment and batch throughput move with
+    the slack an SLO leaves. No solo phase of its own."""
+    slos = {s.index: round(factor * solo_p99_ms[s.index], 3)
+            for s in wl.latency_critical if s.index in solo_p99_ms}
+    return run_mix(url, wl, specs, replace(phases, solo_s=0.0, batch_after_s=0.0),
+                   send_priority=send_priority, reference_slo_ms=slos, apply_slos=apply_slos,
+                   probe=False, log=log)
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
-# The evidence suite on an NVIDIA GPU: the same mixes, systems and outputs as `make bench`,
-# with every server on CUDA, plus Deft with CUDA stream priorities off
-# (e2e/bench/same_stream_runtime.py). Writes e2e/bench/results/gpu/.
+# The evidence suite on an NVIDIA GPU: every server on CUDA, Deft with CUDA stream
+# priorities on and off (e2e/bench/same_stream_runtime.py), the primary mix on each system
+# and again at tighter and looser SLOs (1.1 and 2 x solo p99) on deft and layer. About eight
+# minutes; writes e2e/bench/results/gpu/.
 #
-#   bash e2e/bench/gpu.sh            # full (about 15 minutes)
-#   QUICK=1 bash e2e/bench/gpu.sh    # the first mix, three systems (a few minutes)
+#   bash e2e/bench/gpu.sh                  # builds two venvs (needs PyPI and the CUDA index)
+#   QUICK=1 bash e2e/bench/gpu.sh          # three systems, short phases (a few minutes)
+#   bash e2e/bench/gpu.sh --mixes all      # every mix, as make bench (longer)
 #
-# Needs network access to PyPI and the PyTorch CUDA index the first time (two venvs).
+# A host without network access whose python3 already has CUDA torch (a CUDA image): carry
+# the wheels from `bash e2e/bench/offline_kit.sh` (run where PyPI is reachable) and run
+#
+#   OFFLINE_KIT=.gpu-kit bash e2e/bench/gpu.sh
+#
+# which installs them beside that python3's own packages and leaves the Triton peer out.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 TORCH_INDEX="${TORCH_INDEX:-https://download.pytorch.org/whl/cu128}"
@@ -14,10 +21,20 @@ VENV="${VENV:-.venv-gpu}"
 PEER_VENV="${PEER_VENV:-.peer-venv-gpu}"
 
 nvidia-smi -L
-make venv VENV="$VENV" TORCH_INDEX="$TORCH_INDEX"
-make peer-venv PEER_VENV="$PEER_VENV" TORCH_INDEX="$TORCH_INDEX" ||
-  echo "gpu.sh: the Triton peer venv could not be built; Triton rows will be skipped"
-"$VENV/bin/python" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else
-  'torch in $VENV does not see a GPU')"
-"$VENV/bin/python" -m e2e.bench --gpu ${QUICK:+--quick} \
-  --peer_python "$PEER_VENV/bin/python" "$@"
+if [ -n "${OFFLINE_KIT:-}" ]; then
+  PYTHON="${PYTHON:-python3}"
+  SITE="${SITE:-/tmp/deft-site}"
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target "$SITE" "$OFFLINE_KIT"/*.whl
+  export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+  PEER_PYTHON="${PEER_PYTHON:-/nonexistent/peer-python}"
+else
+  make venv VENV="$VENV" TORCH_INDEX="$TORCH_INDEX"
+  make peer-venv PEER_VENV="$PEER_VENV" TORCH_INDEX="$TORCH_INDEX" ||
+    echo "gpu.sh: the Triton peer venv could not be built; Triton rows will be skipped"
+  PYTHON="$VENV/bin/python"
+  PEER_PYTHON="$PEER_VENV/bin/python"
+fi
+"$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else
+  'torch in $PYTHON does not see a GPU')"
+exec "$PYTHON" -m e2e.bench --gpu ${QUICK:+--quick} --peer_python "$PEER_PYTHON" "$@"

@@ -7,7 +7,8 @@ Pure: plain data in, plain data and text out.
      streams}], "systems": [{"system", "policy", "label", "variant", "startup_s",
      "probe": {model: {p50_ms, p99_ms}},
      "mixes": [{"mix", "seconds", "streams": [{model, priority, completed, p50_ms, p99_ms,
-                solo_p99_ms, slo_attainment, throughput_per_s, ...}]}]}],
+                solo_p99_ms, slo_attainment, throughput_per_s, ...}]}],
+     "slo_factors": [{"mix", "factor", "solo_p99_ms", "streams": [...]}]}],
      "skipped": [{"label", "reason"}], "predictor": {...}, "simulator": {...},
      "checks": [{"check", "value", "pass"}]}
 
@@ -47,12 +48,92 @@ def batch_items_per_s(run: Mapping[str, Any], mix: str, solo: bool = False) -> f
     m = _mix(run, mix)
     if m is None:
         return None
+    return _batch_items(m["streams"], solo)
+
+
+def _batch_items(streams: Sequence[Mapping[str, Any]], solo: bool = False) -> float | None:
     key = "solo_throughput_per_s" if solo else "throughput_per_s"
-    vals = [(s.get(key), s.get("batch_size", 1)) for s in m["streams"]
-            if s["priority"] == "batch"]
+    vals = [(s.get(key), s.get("batch_size", 1)) for s in streams if s["priority"] == "batch"]
     if not vals or any(v is None for v, _ in vals):
         return None
     return sum(v * b for v, b in vals)
+
+
+def factor_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The primary mix at other SLOs (``--slo_factors``), one row per system and factor:
+    the first latency-critical stream's SLO, attainment and p99, and the batch streams'
+    items/s under that load and alone (the run's own batch-only phase), their ratio, and the
+    batch requests' median latency (the batch inference delay, queueing included)."""
+    rows = []
+    for run in result.get("systems", []):
+        for v in run.get("slo_factors") or []:
+            streams = v.get("streams", [])
+            lc = next((x for x in streams if x["priority"] == "latency-critical"), {})
+            batch = [x for x in streams if x["priority"] == "batch"]
+            mixed, alone = _batch_items(streams), _batch_items(streams, solo=True)
+            delays = [x["p50_ms"] for x in batch if x.get("p50_ms") is not None]
+            rows.append({
+                "label": run["label"], "mix": v.get("mix"), "factor": v["factor"],
+                "slo_ms": lc.get("slo_ms"), "attainment": lc.get("slo_attainment"),
+                "lc_p99_ms": lc.get("p99_ms"), "batch_items_per_s": mixed,
+                "batch_alone_items_per_s": alone, "retained": ratio(mixed, alone),
+                "batch_p50_ms": max(delays) if delays else None,
+            })
+    return rows
+
+
+def _factor_row(rows: list[dict[str, Any]], label: str, factor: float) -> dict[str, Any] | None:
+    return next((r for r in rows if r["label"] == label and abs(r["factor"] - factor) < 1e-9),
+                None)
+
+
+def gpu_checks(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The targets for a GPU run at other SLOs: at 1.10 x solo p99, ``deft`` meets the SLO
+    for >= 99% and keeps >= 90% of its batch throughput; at 2 x, its batch inference delay
+    (batch p50 latency) is at least 28% below ``layer``'s."""
+    rows = factor_rows(result)
+    out: list[dict[str, Any]] = []
+
+    def add(text: str, value: float | None, ok: bool) -> None:
+        out.append({"check": text, "value": _r(value),
+                    "pass": None if value is None else bool(ok)})
+
+    tight = _factor_row(rows, REFERENCE, 1.1)
+    if tight is not None:
+        att = tight["attainment"]
+        add("GPU: deft meets an SLO of 1.10 x solo p99 for >= 99%", att,
+            att is not None and att >= 0.99)
+        kept = tight["retained"]
+        add("GPU: deft keeps >= 90% of its batch throughput at 1.10 x solo p99", kept,
+            kept is not None and kept >= 0.9)
+    mine, theirs = _factor_row(rows, REFERENCE, 2.0), _factor_row(rows, "deft:layer", 2.0)
+    if mine is not None and theirs is not None:
+        a, b = mine["batch_p50_ms"], theirs["batch_p50_ms"]
+        gain = (b - a) / b if a is not None and b else None
+        add("GPU: at 2 x solo p99, deft's batch inference delay >= 28% below layer's", gain,
+            gain is not None and gain >= 0.28)
+    return out
+
+
+def factor_md(result: Mapping[str, Any]) -> list[str]:
+    rows = factor_rows(result)
+    if not rows:
+        return []
+    out = ["## Other SLOs", "",
+           f"The {rows[0]['mix']} mix again on the systems below with the latency-critical "
+           "SLO at other factors of the reference's solo p99 (the one measured for the table "
+           "above), each after a batch-only phase of its own. *Batch p50* is the batch "
+           "requests' median latency: the batch inference delay, queueing included.", "",
+           "| system | SLO factor | SLO ms | SLO met | LC p99 ms | batch items/s (mixed) | "
+           "batch items/s (alone) | retained | batch p50 ms |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append("| " + " | ".join([
+            r["label"], f"{r['factor']:g} x", _f(r["slo_ms"]), _pct(r["attainment"]),
+            _f(r["lc_p99_ms"]), _f(r["batch_items_per_s"], 1),
+            _f(r["batch_alone_items_per_s"], 1), _pct(r["retained"]),
+            _f(r["batch_p50_ms"], 1)]) + " |")
+    return out + [""]
 
 
 def _r(x: float | None, digits: int = 3) -> float | None:
@@ -151,6 +232,8 @@ def checks(result: Mapping[str, Any]) -> list[dict[str, Any]]:
         if row["policy"] == "deft":
             add("simulator replay predicts deft's latency-critical p99 within 25% "
                 f"({device} + measured solo transport)", row["error"], row["error"] <= 0.25)
+    if result.get("gpu"):
+        out += gpu_checks(result)
     return out
 
 
@@ -243,6 +326,7 @@ def markdown(result: Mapping[str, Any]) -> str:
                 "| system | model | p50 ms | p99 ms |", "|---|---|---|---|"]
         out += [f"| {lbl} | {m} | {_f(p.get('p50_ms'))} | {_f(p.get('p99_ms'))} |"
                 for lbl, m, p in probes] + [""]
+    out += factor_md(result)
     out += paired_md(result.get("paired") or {})
     out += predictor_md(result.get("predictor") or {})
     out += simulator_md(result.get("simulator") or {})
