@@ -50,7 +50,10 @@ def check_exported_archive(path: str | Path) -> None:
     where = Path(path).name
     if not zipfile.is_zipfile(path):
         raise ModelLoadError(f"{where} is not a torch.export archive (not a zip file)")
-    objects = (pt2.CUSTOM_OBJ_FILENAME_PREFIX, pt2.OPAQUE_OBJ_FILENAME_PREFIX)
+    # torch releases before 2.13 lack the opaque-object constant; their archives hold no
+    # such entries, but an archive saved by a newer torch may
+    objects = (pt2.CUSTOM_OBJ_FILENAME_PREFIX,
+               getattr(pt2, "OPAQUE_OBJ_FILENAME_PREFIX", "opaque_obj_"))
     payload_configs = {
         pt2.WEIGHTS_DIR: pt2.WEIGHTS_CONFIG_FILENAME_FORMAT.partition("{}")[2],
         pt2.CONSTANTS_DIR: pt2.CONSTANTS_CONFIG_FILENAME_FORMAT.partition("{}")[2],

@@ -28,7 +28,8 @@ def test_offline_kit_installs_beside_the_hosts_python_and_runs_the_gpu_suite(tmp
                           env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "a test GPU" in done.stdout
-    install, check, bench = calls.read_text().splitlines()
+    provided, install, check, bench = calls.read_text().splitlines()
+    assert "import torch, numpy, pandas, PIL, matplotlib" in provided
     assert install.split(" | ")[1].startswith("-m pip install")
     for flag in ("--no-index", "--no-deps", f"--target {site}", f"{kit}/kserve-0.21.0"):
         assert flag in install

@@ -430,3 +430,25 @@ def test_malicious_pickles_are_refused_without_running(
     loaded, failed = repo.load_all(tmp_path / "repo", profile=False)
     assert loaded == [] and message in str(failed["evil"])
     assert not marker.exists()  # ... but loading never ran it
+
+
+@pytest.mark.parametrize("make", [None, _opaque_constant])
+def test_archive_check_works_on_torch_without_the_opaque_object_constant(
+    tmp_path, tiny_pt2, monkeypatch, make
+):
+    # torch 2.11 (a CUDA image's) has no OPAQUE_OBJ_FILENAME_PREFIX: loading must not break,
+    # and an opaque object in an archive from a newer torch is still refused
+    from torch.export.pt2_archive import constants
+
+    monkeypatch.delattr(constants, "OPAQUE_OBJ_FILENAME_PREFIX", raising=False)
+    folder = tmp_path / "repo" / "m"
+    folder.mkdir(parents=True)
+    if make is None:
+        shutil.copy(tiny_pt2, folder / "model.pt2")
+    else:
+        _rewrite_archive(tiny_pt2, folder / "model.pt2", make(tmp_path / "pwned"))
+    loaded, failed = repo.load_all(tmp_path / "repo", profile=False)
+    if make is None:
+        assert [m.name for m in loaded] == ["m"] and failed == {}
+    else:
+        assert loaded == [] and "opaque Python object" in str(failed["m"])

@@ -74,6 +74,47 @@ def test_time_units_gives_one_median_per_unit(program):
         profiler.time_units(model, _inputs_for(1), repeats=0)
 
 
+def test_on_cuda_units_are_timed_back_to_back_with_events(monkeypatch):
+    # no GPU here: a model whose units take known device times on a fake CUDA timeline
+    clock = {"ms": 0.0, "syncs": 0}
+    unit_ms = [0.05, 0.2, 0.01]
+
+    class Event:
+        def __init__(self, enable_timing: bool = False) -> None:
+            assert enable_timing
+            self.at = None
+
+        def record(self) -> None:
+            self.at = clock["ms"]
+
+        def elapsed_time(self, end: Event) -> float:
+            return end.at - self.at
+
+    class Model:
+        device = torch.device("cuda")
+        num_units = 3
+
+        def start(self, inputs):
+            return {}
+
+        def run(self, state, start, end):
+            assert end == start + 1
+            clock["ms"] += unit_ms[start]
+
+        def finish(self, state):
+            return state
+
+    def synchronize(device=None):
+        clock["syncs"] += 1
+        clock["ms"] += 0.03  # a host sync's latency: not a unit's time
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "synchronize", synchronize)
+    times = profiler.time_units(Model(), {}, warmup=1, repeats=3)
+    assert times == pytest.approx([50.0, 200.0, 10.0])
+    assert clock["syncs"] == 2 * 4  # one before and one after each pass, not per unit
+
+
 def test_profile_has_the_simulator_shape(program):
     model = segments.split("small", program, max_units=2)
     result = profiler.profile(model, _inputs_for, [1, 4], warmup=0, repeats=1)

@@ -99,6 +99,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", action="store_true",
                    help="serve on CUDA; adds Deft with stream priorities off; writes under "
                         "results/gpu/")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                   help="where the servers run (default: cuda with --gpu, else cpu); "
+                        "--gpu --device cpu runs the GPU plan on the CPU, to try it out")
     p.add_argument("--systems", default=None,
                    help="comma-separated: deft:*, triton, kserve, deft:POLICY, "
                         f"triton:priority-levels, triton:none (default: all; quick: "
@@ -382,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     began = time.monotonic()
     quick, gpu = args.quick, args.gpu
-    device = "cuda" if gpu else "cpu"
+    device = args.device or ("cuda" if gpu else "cpu")
     out: Path = args.out or (RESULTS / "gpu" if gpu else RESULTS)
     raw, logs, cache = out / "raw", out / "logs", out / "cache"
     for d in (out, raw, logs):

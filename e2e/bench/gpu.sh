@@ -20,10 +20,13 @@ TORCH_INDEX="${TORCH_INDEX:-https://download.pytorch.org/whl/cu128}"
 VENV="${VENV:-.venv-gpu}"
 PEER_VENV="${PEER_VENV:-.peer-venv-gpu}"
 
-nvidia-smi -L
+nvidia-smi -L || echo "gpu.sh: no nvidia-smi here; torch decides below"
 if [ -n "${OFFLINE_KIT:-}" ]; then
   PYTHON="${PYTHON:-python3}"
   SITE="${SITE:-/tmp/deft-site}"
+  # what the kit leaves out must be there already
+  "$PYTHON" -c "import torch, numpy, pandas, PIL, matplotlib" ||
+    { echo "gpu.sh: $PYTHON lacks a package the kit leaves out (above)"; exit 1; }
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target "$SITE" "$OFFLINE_KIT"/*.whl
   export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"

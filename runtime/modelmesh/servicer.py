@@ -17,9 +17,9 @@ import logging
 from typing import Any, NoReturn
 
 import grpc
-import torch
 
 from runtime import errors
+from runtime.executor import out_of_memory
 from runtime.modelmesh.errors import InsufficientMemory, LoadCancelled, ModelFilesMissing
 from runtime.modelmesh.models import ModelMeshModels
 from runtime.modelmesh.stubs import pb
@@ -39,7 +39,6 @@ ID_INJECTION_PATHS: dict[str, list[int]] = {
 
 _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (InsufficientMemory, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (torch.OutOfMemoryError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (ModelFilesMissing, grpc.StatusCode.NOT_FOUND),
     (errors.ModelNotFound, grpc.StatusCode.NOT_FOUND),
     (errors.InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
@@ -50,6 +49,13 @@ _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
 
 
 def status_code(exc: BaseException) -> grpc.StatusCode:
+    # a load that ran out of memory reaches here wrapped (ModelLoadError from the OOM): it
+    # is still RESOURCE_EXHAUSTED, which tells ModelMesh to place the model elsewhere
+    cause: BaseException | None = exc
+    while cause is not None:
+        if out_of_memory(cause):
+            return grpc.StatusCode.RESOURCE_EXHAUSTED
+        cause = cause.__cause__
     for kind, code in _CODES:
         if isinstance(exc, kind):
             return code

@@ -297,3 +297,24 @@ def _write(path, data: bytes):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return path if path.suffix != ".pt2" else path.parent
+
+
+def test_a_load_that_ran_out_of_memory_is_resource_exhausted_even_when_wrapped():
+    from runtime.modelmesh.servicer import status_code
+
+    def wrapped(cause: BaseException) -> ModelLoadError:
+        try:
+            raise cause
+        except BaseException as exc:  # noqa: BLE001
+            try:
+                raise ModelLoadError("model 'm': failed to run on example inputs") from exc
+            except ModelLoadError as load_error:
+                return load_error
+
+    oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert status_code(oom) is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert status_code(wrapped(oom)) is grpc.StatusCode.RESOURCE_EXHAUSTED
+    host = RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate")
+    assert status_code(wrapped(host)) is grpc.StatusCode.RESOURCE_EXHAUSTED
+    bad = wrapped(ValueError("shape mismatch"))
+    assert status_code(bad) is grpc.StatusCode.INVALID_ARGUMENT
