@@ -132,3 +132,35 @@ def test_grpc_serves_models_loaded_through_the_repository_api(tmp_path):
         inp = grpcclient.InferInput("image", list(x.shape), "FP32")
         inp.set_data_from_numpy(x)
         assert client.infer("detector", [inp]).as_numpy("scores").shape == (1, 16)
+
+
+def test_sigterm_stops_grpc_at_once_while_http_drains(tmp_path):
+    import tritonclient.grpc as grpcclient
+
+    server = RuntimeProcess("--demo", log_path=tmp_path / "log").start()
+    grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+    det = grpcclient.InferInput("image", [1, 3, 96, 96], "FP32")
+    det.set_data_from_numpy(image(1, 96))
+    assert grpc.infer("detector", [det]).as_numpy("scores").shape == (1, 16)
+    results = []
+
+    def call():
+        c = httpclient.InferenceServerClient(server.url, network_timeout=120)
+        try:
+            results.append(infer(c, "classifier", image(8, 224)).as_numpy("logits").shape)
+        except Exception as exc:  # noqa: BLE001
+            results.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)  # admitted; the three batches keep HTTP draining for a while
+    server.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    with pytest.raises(InferenceServerException) as refused:
+        grpc.infer("detector", [det])
+    assert "UNAVAILABLE" in str(refused.value.status()), refused.value
+    for t in threads:
+        t.join(60)
+    assert server.proc.wait(60) == 0, server.log()
+    assert results == [(8, 1000)] * 3, results

@@ -163,6 +163,9 @@ class Engine:
         self.clock = clock or MonotonicClock()
         self.device = torch.device(options.device)
         self._models: dict[str, _Entry] = {}
+        # one load at a time: a profile measured while another model loads is not the
+        # model's, and a model asked for twice at once is loaded once
+        self._loading = threading.Lock()
         self._table = PriorityTable({})
         # called with a model's name when it becomes ready / is unloaded (other front ends)
         self.on_ready: list[Callable[[str], None]] = []
@@ -301,6 +304,14 @@ class Engine:
         entry = self._models.get(name)
         if entry is not None and entry.state is ModelState.READY and entry.served is not None:
             return entry.served
+        self._models[name] = _Entry(ModelState.LOADING)
+        with self._loading:
+            return self._load_locked(name)
+
+    def _load_locked(self, name: str) -> ServedModel:
+        entry = self._models.get(name)
+        if entry is not None and entry.state is ModelState.READY and entry.served is not None:
+            return entry.served  # loaded by the call this one waited for
         self._models[name] = _Entry(ModelState.LOADING)
         try:
             served = self._loader(name)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from runtime.errors import InferenceFailed, RequestTimeout
+from runtime.errors import InferenceFailed, ModelNotReady, RequestTimeout
 from runtime.metrics import Metrics
 from runtime.shards import ShardPool, shard_sizes
 from runtime.threads import limit_intra_op_threads, lower_thread_priority
@@ -278,7 +278,9 @@ class TorchDevice:
         job = chunk.job
         served = self._lookup(job.model)
         if served is None:
-            raise InferenceFailed(f"model '{job.model}' was unloaded")
+            # unloaded while the request waited: not a failure of the model, and a retry
+            # may find it loaded again (503 / UNAVAILABLE)
+            raise ModelNotReady(f"model '{job.model}' was unloaded")
         seg = served.segmented
         n = job.num_units
         stream = None
@@ -478,7 +480,7 @@ class ResultListener:
         job.device_state = None
         for member in job.members or [job]:
             member.payload.resolve(
-                error if isinstance(error, InferenceFailed) else InferenceFailed(
+                error if isinstance(error, (InferenceFailed, ModelNotReady)) else InferenceFailed(
                     f"model '{job.model}' failed: {type(error).__name__}: {error}"
                 )
             )

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import orjson
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -93,9 +94,17 @@ def _decodes_inline(body: bytes | bytearray, headers: dict[str, str]) -> bool:
     return len(body) <= INLINE_JSON_BYTES
 
 
-async def _read_body(request: Request, limit: int) -> bytes | bytearray:
+# a request body from which nothing arrives for this long is answered 408 (a client that
+# declares a large body and stalls must not hold the server's memory or its shutdown)
+BODY_IDLE_TIMEOUT_S = 30.0
+
+
+async def _read_body(
+    request: Request, limit: int, idle_s: float = BODY_IDLE_TIMEOUT_S
+) -> bytes | bytearray | np.ndarray:
     """The request body, refused with ``PayloadTooLarge`` as soon as it passes ``limit``
-    bytes (declared or received): a chunked body is never read past the limit.
+    bytes (declared or received): a chunked body is never read past the limit. A body from
+    which nothing arrives for ``idle_s`` raises ``RequestTimeout``.
 
     With a declared length the chunks are copied, as they arrive, into one buffer of that
     size: joining the chunks of a large body at the end is one copy of the whole body on
@@ -107,24 +116,38 @@ async def _read_body(request: Request, limit: int) -> bytes | bytearray:
         raise errors.PayloadTooLarge(
             f"request body is {declared} bytes, more than the limit of {limit}"
         )
-    if declared is not None and declared > INLINE_DECODE_BYTES:
-        return await _read_into(request, declared)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise errors.PayloadTooLarge(f"request body is more than the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(idle_s) as deadline:
+            if declared is not None and declared > INLINE_DECODE_BYTES:
+                return await _read_into(request, declared, deadline, idle_s)
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in request.stream():
+                deadline.reschedule(loop.time() + idle_s)
+                size += len(chunk)
+                if size > limit:
+                    raise errors.PayloadTooLarge(
+                        f"request body is more than the limit of {limit} bytes")
+                chunks.append(chunk)
+            return b"".join(chunks)
+    except TimeoutError:
+        raise errors.RequestTimeout(
+            f"request body stalled: nothing arrived for {idle_s:g} s") from None
 
 
-async def _read_into(request: Request, length: int) -> bytearray:
-    """A body of declared ``length`` bytes, copied chunk by chunk into one buffer."""
-    body = bytearray(length)
-    view = memoryview(body)
+async def _read_into(
+    request: Request, length: int, deadline: asyncio.Timeout, idle_s: float
+) -> np.ndarray:
+    """A body of declared ``length`` bytes, copied chunk by chunk into one buffer. The
+    buffer is allocated, not filled: its memory is taken as the body arrives, so a client
+    that declares a large body and sends little holds little."""
+    body = np.empty(length, dtype=np.uint8)
+    view = memoryview(body).cast("B")
+    loop = asyncio.get_running_loop()
     size = 0
     async for chunk in request.stream():
+        deadline.reschedule(loop.time() + idle_s)
         end = size + len(chunk)
         if end > length:  # the server's HTTP parser keeps to the declared length
             raise errors.InvalidInput(f"request body is longer than its content-length {length}")
@@ -135,6 +158,21 @@ async def _read_into(request: Request, length: int) -> bytearray:
             f"request body is {size} bytes, shorter than its content-length {length}"
         )
     return body
+
+
+async def _optional_object(request: Request) -> dict[str, Any]:
+    """A repository request's body: empty, or a JSON object (its other fields are for
+    extensions this server does not implement)."""
+    body = await _read_body(request, 1 << 20)
+    if not bytes(body).strip():
+        return {}
+    try:
+        doc = orjson.loads(bytes(body))
+    except orjson.JSONDecodeError as exc:
+        raise errors.InvalidInput(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise errors.InvalidInput(f"request body must be a JSON object, got {type(doc).__name__}")
+    return doc
 
 
 async def _cancel_on_disconnect(request: Request, task: asyncio.Task[Any]) -> bool:
@@ -187,12 +225,21 @@ def build_router(
     async def list_models() -> Response:
         return _json({"models": engine.ready_models()})
 
+    def check_version(model_name: str, model_version: str | None) -> None:
+        """A version in the path must be the loaded model's (each model serves one)."""
+        if model_version is not None and engine.model_ready(model_name):
+            served = engine.model(model_name)
+            if model_version != served.version:
+                raise errors.ModelNotFound(f"{model_name}' version '{model_version}")
+
     @_guard
     async def model_metadata(model_name: str, model_version: str | None = None) -> Response:
+        check_version(model_name, model_version)
         return _json(engine.metadata(model_name))
 
     @_guard
     async def model_ready(model_name: str, model_version: str | None = None) -> Response:
+        check_version(model_name, model_version)
         ok = engine.model_ready(model_name)
         return _json({"name": model_name, "ready": ok}, 200 if ok else 503)
 
@@ -201,6 +248,7 @@ def build_router(
         request: Request, model_name: str, model_version: str | None = None
     ) -> Response:
         served = engine.model(model_name)
+        check_version(model_name, model_version)
         engine.check_room(model_name)  # a full queue costs the server no body read, no decode
         try:
             body = await _read_body(request, limits.max_body_bytes)
@@ -249,19 +297,32 @@ def build_router(
     @_guard
     async def repository_index(request: Request) -> Response:
         access.check(request)
-        return _json(engine.index())
+        doc = await _optional_object(request)
+        ready = doc.get("ready", False)
+        if not isinstance(ready, bool):
+            raise errors.InvalidInput("repository index: 'ready' must be a boolean")
+        index = engine.index()
+        return _json([m for m in index if m["state"] == "READY"] if ready else index)
 
     @_guard
     async def repository_load(request: Request, model_name: str) -> Response:
         access.check(request)
+        await _optional_object(request)
         await engine.load(model_name)
         return _json({"name": model_name, "load": True})
 
     @_guard
     async def repository_unload(request: Request, model_name: str) -> Response:
         access.check(request)
+        await _optional_object(request)
         await engine.unload(model_name)
         return _json({"name": model_name, "unload": True})
+
+    @_guard
+    async def v1(rest: str) -> Response:
+        # kserve's v1 routes would hand our models requests they cannot read (500)
+        return error_response(
+            "this server speaks the v2 inference protocol: POST /v2/models/{name}/infer", 404)
 
     add = router.add_api_route
     add("/v2", server_metadata, methods=["GET"])
@@ -277,6 +338,7 @@ def build_router(
     add("/v2/repository/index", repository_index, methods=["POST"])
     add("/v2/repository/models/{model_name}/load", repository_load, methods=["POST"])
     add("/v2/repository/models/{model_name}/unload", repository_unload, methods=["POST"])
+    add("/v1/{rest:path}", v1, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
     return router
 
 

@@ -7,6 +7,8 @@ Imports kserve at module level: import this module only from the entry point (ks
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -18,8 +20,9 @@ from kserve.errors import ModelNotFound as KServeModelNotFound
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from runtime import errors
+from runtime.codec import UNSUPPORTED_PARAMS
 from runtime.engine import Engine
-from runtime.tensors import NUMPY_TO_V2, V2_TO_NUMPY
+from runtime.tensors import NUMPY_TO_V2, V2_TO_NUMPY, TensorSpec
 
 
 def _kserve_error(exc: errors.DeftError) -> Exception:
@@ -69,6 +72,74 @@ def _param(parameters: Any, key: str) -> int:
     return value
 
 
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _unsupported(label: str, parameters: Any) -> None:
+    for key in UNSUPPORTED_PARAMS:
+        if parameters and key in parameters:
+            raise KServeInvalidInput(f"{label}: parameter '{key}' is not supported")
+
+
+def _checked_inputs(payload: InferRequest, specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
+    """The request's tensors as numpy arrays, checked as the REST decoder checks them: each
+    input once, known, of the model's datatype, with a shape of non-negative sizes that the
+    model accepts and that its data fills exactly; every model input present."""
+    by_name = {s.name: s for s in specs}
+    inputs: dict[str, np.ndarray] = {}
+    for tensor in payload.inputs:
+        label = f"input '{tensor.name}'"
+        if tensor.name in inputs:
+            raise KServeInvalidInput(f"{label}: given more than once")
+        spec = by_name.get(tensor.name)
+        if spec is None:
+            raise KServeInvalidInput(f"{label}: the model has no such input")
+        if tensor.datatype != spec.datatype:
+            raise KServeInvalidInput(
+                f"{label}: datatype {tensor.datatype} but the model expects {spec.datatype}")
+        shape = list(tensor.shape)
+        if not all(_is_count(d) for d in shape):
+            raise KServeInvalidInput(
+                f"{label}: shape must be a list of non-negative integers, got {shape}")
+        if not spec.accepts_shape(tuple(shape)):
+            raise KServeInvalidInput(
+                f"{label}: shape {shape} does not match the model's {list(spec.shape)}")
+        _unsupported(label, tensor.parameters)
+        try:
+            arr = np.asarray(tensor.as_numpy(), dtype=V2_TO_NUMPY[spec.datatype])
+        except Exception:  # noqa: BLE001 - numpy's words for it name no tensor
+            arr = None
+        if arr is None or list(arr.shape) != shape:
+            raise KServeInvalidInput(
+                f"{label}: its data is not {math.prod(shape)} {spec.datatype} values for "
+                f"shape {shape}")
+        inputs[tensor.name] = arr
+    missing = [name for name in by_name if name not in inputs]
+    if missing:
+        raise KServeInvalidInput(f"input '{missing[0]}': missing from the request")
+    return inputs
+
+
+def _requested_outputs(payload: InferRequest, specs: Sequence[TensorSpec]) -> list[TensorSpec]:
+    """The outputs the request names (each once, known, no unsupported parameter), in its
+    order; every output where it names none."""
+    requested = getattr(payload, "request_outputs", None) or []
+    if not requested:
+        return list(specs)
+    by_name = {s.name: s for s in specs}
+    out: list[TensorSpec] = []
+    for item in requested:
+        label = f"output '{item.name}'"
+        if any(s.name == item.name for s in out):
+            raise KServeInvalidInput(f"{label}: requested more than once")
+        if item.name not in by_name:
+            raise KServeInvalidInput(f"{label}: the model has no such output")
+        _unsupported(label, item.parameters)
+        out.append(by_name[item.name])
+    return out
+
+
 class DeftModel(Model):  # type: ignore[misc]
     """One served model as kserve sees it; ``predict`` goes through Deft's scheduler."""
 
@@ -105,25 +176,8 @@ class DeftModel(Model):  # type: ignore[misc]
             served = self._deft.model(self.name)
         except errors.DeftError as exc:
             raise _kserve_error(exc) from None
-        specs = {s.name: s for s in served.inputs}
-        inputs: dict[str, np.ndarray] = {}
-        for tensor in payload.inputs:
-            spec = specs.get(tensor.name)
-            if spec is None:
-                raise KServeInvalidInput(f"input '{tensor.name}': the model has no such input")
-            if tensor.datatype != spec.datatype:
-                raise KServeInvalidInput(
-                    f"input '{tensor.name}': datatype {tensor.datatype}, expected {spec.datatype}"
-                )
-            try:
-                arr = np.asarray(tensor.as_numpy(), dtype=V2_TO_NUMPY[spec.datatype])
-            except Exception as exc:
-                raise KServeInvalidInput(f"input '{tensor.name}': {exc}") from None
-            if not spec.accepts_shape(arr.shape):
-                raise KServeInvalidInput(
-                    f"input '{tensor.name}': shape {list(arr.shape)}, expected {list(spec.shape)}"
-                )
-            inputs[tensor.name] = arr
+        inputs = _checked_inputs(payload, served.inputs)
+        wanted = _requested_outputs(payload, served.outputs)
         try:
             outputs = await self._deft.infer(
                 self.name, inputs,
@@ -133,7 +187,7 @@ class DeftModel(Model):  # type: ignore[misc]
         except errors.DeftError as exc:
             raise _kserve_error(exc) from None
         infer_outputs = []
-        for spec in served.outputs:
+        for spec in wanted:
             arr = outputs[spec.name]
             out = InferOutput(spec.name, list(arr.shape), NUMPY_TO_V2.get(arr.dtype, spec.datatype))
             out.set_data_from_numpy(arr, binary_data=True)

@@ -34,6 +34,7 @@ the ones that fail while the others serve (:func:`load_all` does exactly that).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -189,6 +190,11 @@ def read_config(source: ModelSource) -> ModelConfig:
 # safe loading
 
 
+# torch.export.load keeps the archive being read in a module global: two loads at once (the
+# repository API, ModelMesh's parallel loads) fail with "_CURRENT_DESERIALIZER is already set"
+_DESERIALIZING = threading.Lock()
+
+
 def load_program(
     source: ModelSource, device: torch.device | str = "cpu"
 ) -> torch.export.ExportedProgram | torch.jit.ScriptModule:
@@ -200,14 +206,16 @@ def load_program(
     try:
         if source.format == "pt2":
             check_exported_archive(path)
-            program = torch.export.load(str(path))
+            with _DESERIALIZING:
+                program = torch.export.load(str(path))
             if device != torch.device("cpu"):
                 from torch.export.passes import move_to_device_pass
 
                 program = move_to_device_pass(program, device)
             return program
         check_torchscript_archive(path)
-        module = torch.jit.load(str(path), map_location=device)
+        with _DESERIALIZING:
+            module = torch.jit.load(str(path), map_location=device)
         module.eval()
         return module
     except ModelLoadError as exc:

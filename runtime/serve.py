@@ -5,6 +5,7 @@ Imported only by ``python -m runtime`` (kserve parses ``sys.argv`` on import).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from pathlib import Path
@@ -30,6 +31,32 @@ log = logging.getLogger(__name__)
 
 # per-unit host overhead and sync cost the predictor assumes, by device type (microseconds)
 _COSTS_US = {"cpu": (15.0, 0.0), "cuda": (8.0, 20.0)}
+
+
+def stop_grpc_at_signal(server: ModelServer) -> None:
+    """While it serves, uvicorn takes SIGTERM (and SIGINT) and drains HTTP first; kserve
+    stops its gRPC server only once that drain is over, so gRPC would take new calls for the
+    whole drain and then answer NOT_FOUND once the models are unregistered. Here the gRPC
+    server stops at the signal: new calls are refused (UNAVAILABLE), calls in flight finish
+    within the grace period, as HTTP's do."""
+    import uvicorn
+
+    original = uvicorn.Server.handle_exit
+    stopping: list[asyncio.Task[None]] = []  # the stop task, kept from the collector
+
+    def handle_exit(self: uvicorn.Server, sig: int, frame: object) -> None:
+        grpc_server = getattr(server, "_grpc_server", None)
+        if grpc_server is not None and not stopping:
+            try:
+                loop = asyncio.get_running_loop()  # handlers run on the loop's own thread
+            except RuntimeError:
+                loop = None
+            if loop is not None:
+                log.info("signal %d: the gRPC server takes no new calls", sig)
+                stopping.append(loop.create_task(grpc_server.stop(sig)))
+        original(self, sig, frame)  # type: ignore[arg-type]
+
+    uvicorn.Server.handle_exit = handle_exit  # type: ignore[method-assign]
 
 
 def pick_device(choice: str) -> torch.device:
@@ -131,6 +158,8 @@ def main(cfg: RuntimeConfig) -> int:
         grace_period=cfg.grace_period_s,
         workers=1,
     )
+    if cfg.enable_grpc:
+        stop_grpc_at_signal(server)
     try:
         server.start(models)
     finally:

@@ -452,3 +452,27 @@ def test_archive_check_works_on_torch_without_the_opaque_object_constant(
         assert [m.name for m in loaded] == ["m"] and failed == {}
     else:
         assert loaded == [] and "opaque Python object" in str(failed["m"])
+
+
+def test_programs_load_from_several_threads_at_once(tmp_path, tiny_pt2):
+    # torch.export.load is not reentrant (a module global): unserialized, most of these fail
+    import threading
+
+    folder = _folder(tmp_path, "m", tiny_pt2, None)
+    source = repo.find(tmp_path, "m")
+    assert source.model_file is not None and folder.is_dir()
+    errors: list[BaseException] = []
+
+    def load_some() -> None:
+        for _ in range(5):
+            try:
+                repo.load_program(source)
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+    threads = [threading.Thread(target=load_some) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []

@@ -6,7 +6,7 @@ reads the body, calls ``decode_request`` in a worker thread, runs the request, a
 tensor extension (``inference-header-content-length``) in both directions.
 """
 
-from runtime.codec._decode import decode_request
+from runtime.codec._decode import UNSUPPORTED_PARAMS, decode_request
 from runtime.codec._encode import Binary, encode_request, encode_response, error_body
 from runtime.codec._types import (
     BINARY_CONTENT_TYPE,
@@ -25,6 +25,7 @@ __all__ = [
     "InferRequest",
     "Limits",
     "RequestedOutput",
+    "UNSUPPORTED_PARAMS",
     "decode_request",
     "encode_request",
     "encode_response",

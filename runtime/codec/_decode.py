@@ -17,7 +17,8 @@ from runtime.tensors import V2_TO_NUMPY, TensorSpec
 
 _MAX_DIMS = 32
 _DIGITS = re.compile(r"[0-9]{1,19}")
-_UNSUPPORTED_PARAMS = ("shared_memory_region", "classification")
+# tensor parameters of v2 extensions this server does not implement
+UNSUPPORTED_PARAMS = ("shared_memory_region", "classification")
 
 
 @dataclass(frozen=True)
@@ -203,7 +204,7 @@ def _tensor_parameters(label: str, raw: object) -> dict:
         return {}
     if not isinstance(raw, dict):
         raise InvalidInput(f"{label}: 'parameters' must be an object")
-    for key in _UNSUPPORTED_PARAMS:
+    for key in UNSUPPORTED_PARAMS:
         if key in raw:
             raise InvalidInput(f"{label}: parameter '{key}' is not supported")
     return raw

@@ -123,6 +123,16 @@ def test_unknown_model_and_unknown_route(client):
     assert r.status_code == 503 and "not loaded" in r.json()["error"]
 
 
+@pytest.mark.parametrize(("method", "path"), [
+    ("POST", "/v1/models/mlp:predict"), ("POST", "/v1/models/mlp:explain"),
+    ("GET", "/v1/models/mlp"), ("GET", "/v1/models"),
+])
+def test_the_v1_protocol_is_refused_with_a_v2_error(client, method, path):
+    r = client.request(method, path, content=json.dumps({"instances": [[1, 2, 3, 4]]}))
+    assert r.status_code == 404 and "v2 inference protocol" in r.json()["error"]
+    assert client.post("/v2/models/mlp/infer", content=json_body()).status_code == 200
+
+
 def test_repository_index_unload_and_load(client):
     index = client.post("/v2/repository/index").json()
     assert {m["name"]: m["state"] for m in index} == {"mlp": "READY", "not-loaded": "UNAVAILABLE"}
@@ -132,6 +142,32 @@ def test_repository_index_unload_and_load(client):
     assert client.post("/v2/repository/models/mlp/load").status_code == 200
     assert client.post("/v2/models/mlp/infer", content=json_body()).status_code == 200
     assert client.post("/v2/repository/models/ghost/load").status_code == 404
+
+
+def test_a_version_in_the_path_must_be_the_served_one(client):
+    assert client.post("/v2/models/mlp/versions/1/infer", content=json_body()).status_code == 200
+    assert client.get("/v2/models/mlp/versions/1/ready").json()["ready"] is True
+    for path, method in [("/v2/models/mlp/versions/2/infer", "POST"),
+                         ("/v2/models/mlp/versions/abc", "GET"),
+                         ("/v2/models/mlp/versions/2/ready", "GET")]:
+        r = client.request(method, path, content=json_body())
+        assert r.status_code == 404, (path, r.text)
+        assert "version" in r.json()["error"]
+
+
+def test_repository_requests_take_an_empty_body_or_a_json_object(client):
+    assert [m["name"] for m in client.post("/v2/repository/index").json()] == [
+        "mlp", "not-loaded"]
+    ready = client.post("/v2/repository/index", content=json.dumps({"ready": True}))
+    assert [m["name"] for m in ready.json()] == ["mlp"]
+    for path in ("/v2/repository/index", "/v2/repository/models/mlp/load",
+                 "/v2/repository/models/mlp/unload"):
+        for body in ("{x", "[]", "7"):
+            r = client.post(path, content=body)
+            assert r.status_code == 400 and "error" in r.json(), (path, body, r.text)
+    r = client.post("/v2/repository/index", content=json.dumps({"ready": "yes"}))
+    assert r.status_code == 400 and "boolean" in r.json()["error"]
+    assert client.post("/v2/repository/models/mlp/load", content="{}").status_code == 200
 
 
 def test_repository_api_disabled_or_behind_a_token(served):
@@ -197,27 +233,52 @@ def test_which_bodies_decode_inline():
 
 
 class _StreamingRequest:
-    """What ``_read_into`` uses of a Starlette request: its body as chunks."""
+    """What ``_read_body`` uses of a Starlette request: its headers and its body as chunks,
+    then (``stall``) nothing more, ever."""
 
-    def __init__(self, chunks):
+    def __init__(self, chunks, length=None, stall=False):
         self.chunks = chunks
+        self.headers = {} if length is None else {"content-length": str(length)}
+        self.stall = stall
 
     async def stream(self):
+        import asyncio
+
         for chunk in self.chunks:
             yield chunk
+        if self.stall:
+            await asyncio.Event().wait()
 
 
 def test_a_declared_length_body_is_copied_chunk_by_chunk_into_one_buffer():
     import asyncio
 
     from runtime.errors import InvalidInput
-    from runtime.http import _read_into
+    from runtime.http import INLINE_DECODE_BYTES, _read_body
 
-    chunks = [bytes([i]) * (1000 + i) for i in range(5)]
-    body = asyncio.run(_read_into(_StreamingRequest(chunks), sum(map(len, chunks))))
-    assert isinstance(body, bytearray) and bytes(body) == b"".join(chunks)
+    chunks = [bytes([i]) * (INLINE_DECODE_BYTES // 2 + i) for i in range(5)]
+    total = sum(map(len, chunks))
+
+    def read(length):
+        return asyncio.run(_read_body(_StreamingRequest(chunks, length), 1 << 30))
+
+    body = read(total)
+    assert isinstance(body, np.ndarray) and body.tobytes() == b"".join(chunks)
     with pytest.raises(InvalidInput, match="longer"):
-        asyncio.run(_read_into(_StreamingRequest(chunks), 3000))
+        read(total - 1)
     with pytest.raises(InvalidInput, match="shorter"):
-        asyncio.run(_read_into(_StreamingRequest(chunks), 6000))
+        read(total + 1)
+    assert read(None) == b"".join(chunks)  # no declared length: joined at the end
+
+
+@pytest.mark.parametrize("length", [None, 60 * 1024 * 1024])
+def test_a_body_that_stalls_is_answered_408(length):
+    import asyncio
+
+    from runtime.errors import RequestTimeout
+    from runtime.http import _read_body
+
+    stalled = _StreamingRequest([b"x" * 70_000], length, stall=True)
+    with pytest.raises(RequestTimeout, match="stalled"):
+        asyncio.run(_read_body(stalled, 64 * 1024 * 1024, idle_s=0.01))
 

@@ -11,7 +11,13 @@ import pytest
 import torch
 
 from runtime.engine import EngineOptions
-from runtime.errors import InferenceFailed, QueueFull, RequestTimeout, ShuttingDown
+from runtime.errors import (
+    InferenceFailed,
+    ModelNotReady,
+    QueueFull,
+    RequestTimeout,
+    ShuttingDown,
+)
 from runtime.priorities import PriorityFileWatcher
 from scheduler.clock import FakeClock
 from scheduler.priority import Priority
@@ -55,6 +61,23 @@ def test_a_request_queued_past_its_timeout_is_answered_with_an_error_not_run():
         engine.start()
         with pytest.raises(RequestTimeout):
             await fut
+
+    run(go())
+    engine.stop(1.0)
+
+
+def test_a_request_queued_when_its_model_is_unloaded_is_answered_not_ready():
+    model, _ = served_mlp()
+    engine = make_engine([model])
+
+    async def go():
+        fut = asyncio.ensure_future(engine.infer("mlp", {"x": X}))
+        await asyncio.sleep(0)  # queued, the executor not yet started
+        await engine.unload("mlp")
+        engine.start()
+        with pytest.raises(ModelNotReady, match="'mlp' was unloaded"):
+            await fut
+        assert engine.outstanding == 0
 
     run(go())
     engine.stop(1.0)
@@ -307,3 +330,39 @@ def test_batches_are_split_into_micro_batches_only_where_the_lane_does_not_shiel
     assert normal.scheduler.policy.ctx.split_batches is True
     no_lane = make_engine([model], options=EngineOptions(cpu_lane=False))
     assert no_lane.scheduler.policy.ctx.split_batches is True
+
+
+def test_loads_run_one_at_a_time_and_a_model_asked_for_twice_loads_once():
+    import threading
+
+    from prometheus_client import CollectorRegistry
+
+    from runtime.engine import Engine, EngineOptions
+    from runtime.metrics import Metrics
+
+    model, _ = served_mlp()
+    inside, release = threading.Event(), threading.Event()
+    calls: list[str] = []
+    engine: Engine | None = None
+
+    def loader(name: str):
+        calls.append(name)
+        assert engine is not None and engine._loading.locked()
+        inside.set()
+        assert release.wait(30)
+        return model
+
+    engine = Engine(loader, lambda: ["mlp"], EngineOptions(policy="deft"),
+                    Metrics(CollectorRegistry()))
+    results = []
+    first = threading.Thread(target=lambda: results.append(engine.load_sync("mlp")))
+    first.start()
+    assert inside.wait(30)
+    second = threading.Thread(target=lambda: results.append(engine.load_sync("mlp")))
+    second.start()
+    release.set()
+    first.join(30)
+    second.join(30)
+    assert results == [model, model] and calls == ["mlp"]
+    assert engine.model_ready("mlp")
+    engine.stop(1.0)

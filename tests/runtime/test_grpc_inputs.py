@@ -1,0 +1,86 @@
+"""What the gRPC path (kserve's data plane calling ``DeftModel.predict``) accepts: the same
+as the REST decoder, checked on kserve's own request objects."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from runtime.tensors import TensorSpec
+
+INPUTS = (TensorSpec("image", "FP32", (-1, 3, 4, 4)), TensorSpec("mask", "BOOL", (-1, 4)))
+OUTPUTS = (TensorSpec("scores", "FP32", (-1, 2)), TensorSpec("boxes", "FP32", (-1, 4)))
+
+
+@pytest.fixture(scope="module")
+def km():
+    # kserve parses sys.argv when it is imported: import it with a command line of its own
+    saved = sys.argv
+    sys.argv = ["deft"]
+    try:
+        import kserve.protocol.infer_type as infer_type
+
+        import runtime.kserve_model as kserve_model
+    finally:
+        sys.argv = saved
+    return kserve_model, infer_type
+
+
+def tensor(it, name, datatype, shape, data=None):
+    if data is None:
+        data = [0.5] * int(np.prod(shape)) if datatype != "BOOL" else [True] * int(np.prod(shape))
+    return it.InferInput(name=name, shape=list(shape), datatype=datatype, data=data)
+
+
+def request(it, inputs, outputs=None):
+    wanted = [it.RequestedOutput(name, params) for name, params in (outputs or [])]
+    return it.InferRequest("m", inputs, request_outputs=wanted or None)
+
+
+def good(it):
+    return [tensor(it, "image", "FP32", [2, 3, 4, 4]), tensor(it, "mask", "BOOL", [2, 4])]
+
+
+def test_a_good_request_decodes_and_selects_outputs(km):
+    mod, it = km
+    arrays = mod._checked_inputs(request(it, good(it)), INPUTS)
+    assert arrays["image"].shape == (2, 3, 4, 4) and arrays["image"].dtype == np.float32
+    assert arrays["mask"].dtype == np.bool_
+    assert [s.name for s in mod._requested_outputs(request(it, good(it)), OUTPUTS)] == [
+        "scores", "boxes"]
+    chosen = mod._requested_outputs(request(it, good(it), [("boxes", None)]), OUTPUTS)
+    assert [s.name for s in chosen] == ["boxes"]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda it, xs: xs + [tensor(it, "image", "FP32", [2, 3, 4, 4])], "given more than once"),
+    (lambda it, xs: xs[1:], "input 'image': missing from the request"),
+    (lambda it, xs: xs + [tensor(it, "extra", "FP32", [1])], "no such input"),
+    (lambda it, xs: [tensor(it, "image", "FP16", [2, 3, 4, 4]), xs[1]], "datatype FP16"),
+    (lambda it, xs: [tensor(it, "image", "FP32", [1, -1, 4, 4], [0.5] * 48), xs[1]],
+     "non-negative integers"),
+    (lambda it, xs: [tensor(it, "image", "FP32", [2, 3, 4, 5]), xs[1]], "does not match"),
+    (lambda it, xs: [tensor(it, "image", "FP32", [2, 3, 4, 4], [0.5] * 95), xs[1]],
+     "its data is not 96 FP32 values for shape [2, 3, 4, 4]"),
+])
+def test_bad_inputs_are_invalid_with_the_rest_decoders_words(km, change, message):
+    mod, it = km
+    from kserve.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match=message.replace("[", r"\[").replace("]", r"\]")):
+        mod._checked_inputs(request(it, change(it, good(it))), INPUTS)
+
+
+@pytest.mark.parametrize(("outputs", "message"), [
+    ([("scores", None), ("scores", None)], "requested more than once"),
+    ([("labels", None)], "no such output"),
+    ([("scores", {"classification": 3})], "parameter 'classification' is not supported"),
+])
+def test_bad_output_requests_are_invalid(km, outputs, message):
+    mod, it = km
+    from kserve.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match=message):
+        mod._requested_outputs(request(it, good(it), outputs), OUTPUTS)
