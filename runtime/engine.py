@@ -301,17 +301,20 @@ class Engine:
 
     def load_sync(self, name: str) -> ServedModel:
         """Load ``name`` (blocking: torch work). Failure is recorded and raised."""
-        entry = self._models.get(name)
-        if entry is not None and entry.state is ModelState.READY and entry.served is not None:
-            return entry.served
+        served = self._ready_served(name)
+        if served is not None:
+            return served
         self._models[name] = _Entry(ModelState.LOADING)
         with self._loading:
-            return self._load_locked(name)
+            # the call this one waited for may have loaded it
+            return self._ready_served(name) or self._load_locked(name)
+
+    def _ready_served(self, name: str) -> ServedModel | None:
+        entry = self._models.get(name)
+        ready = entry is not None and entry.state is ModelState.READY
+        return entry.served if ready and entry is not None else None
 
     def _load_locked(self, name: str) -> ServedModel:
-        entry = self._models.get(name)
-        if entry is not None and entry.state is ModelState.READY and entry.served is not None:
-            return entry.served  # loaded by the call this one waited for
         self._models[name] = _Entry(ModelState.LOADING)
         try:
             served = self._loader(name)
