@@ -135,11 +135,20 @@ def _parse_priority(value: Value) -> Priority:
     raise InvalidSettings(f"{value.describe()} is not {allowed}")
 
 
+# more digits than any SLO in ms or batch size needs; longer text would overflow float()
+# (an SLO over 10^308) or pass Python's digit limit for int(): the object gets a Warning
+# instead of every sync failing
+_MAX_DIGITS = 9
+
+
 def _parse_positive(value: Value) -> int:
     text = _text(value)
-    if not _POSITIVE_INT.fullmatch(text) or int(text) < 1:
+    digits = text.lstrip("0")
+    if not _POSITIVE_INT.fullmatch(text) or not digits:
         raise InvalidSettings(f"{value.describe()} is not a positive integer")
-    return int(text)
+    if len(digits) > _MAX_DIGITS:
+        raise InvalidSettings(f"{value.describe()} is too large (at most {_MAX_DIGITS} digits)")
+    return int(digits)
 
 
 _PARSERS = {PRIORITY: _parse_priority, SLO_MS: _parse_positive, MAX_BATCH_SIZE: _parse_positive}

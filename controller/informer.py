@@ -3,8 +3,9 @@
 ``Informer.step()`` does one unit of work: a list when it holds no resourceVersion (at start,
 and after a watch expired with 410 Gone), otherwise one watch call from the held version until
 the server closes it. It returns whether anything the controller cares about changed
-(annotations, spec, uid: status-only updates do not count). ``snapshot()`` may be called from
-another thread.
+(annotations, spec, uid: status-only updates do not count), and calls ``on_change`` as soon
+as a watch event changes something: a watch stays open for minutes on a real cluster.
+``snapshot()`` may be called from another thread.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from controller.api import KubeApi, WatchEvent
@@ -54,13 +55,14 @@ class Informer:
         with self._lock:
             return list(self._objects.values())
 
-    def step(self) -> bool:
-        """List (no version held) or watch once. Raises ``ApiError``; on ``WatchExpired`` the
-        version is dropped first, so the next step lists again."""
+    def step(self, on_change: Callable[[], None] | None = None) -> bool:
+        """List (no version held) or watch once; ``on_change`` is called after each watch
+        event that changed the copy, while the watch goes on. Raises ``ApiError``; on
+        ``WatchExpired`` the version is dropped first, so the next step lists again."""
         if self.resource_version is None:
             return self._relist()
         try:
-            return self._watch(self.resource_version)
+            return self._watch(self.resource_version, on_change)
         except WatchExpired:
             log.info("watch of %s expired (410 Gone); listing again", self.resource.plural)
             self.resource_version = None
@@ -88,12 +90,15 @@ class Informer:
                   result.resource_version)
         return changed
 
-    def _watch(self, version: str) -> bool:
+    def _watch(self, version: str, on_change: Callable[[], None] | None) -> bool:
         changed = False
         for event in self.api.watch_objects(
             self.resource, self.namespace, version, self.watch_timeout_s
         ):
-            changed |= self._apply(event)
+            if self._apply(event):
+                changed = True
+                if on_change is not None:
+                    on_change()
         return changed
 
     def _apply(self, event: WatchEvent) -> bool:

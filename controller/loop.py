@@ -210,7 +210,7 @@ class Controller:
         while not stop.is_set():
             lists_before = informer.lists
             try:
-                changed = informer.step()
+                changed = informer.step(on_change=wake.set)
             except WatchExpired:
                 continue  # the informer dropped its version: the next step lists again
             except ApiError as exc:

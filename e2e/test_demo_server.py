@@ -96,21 +96,28 @@ def test_latency_critical_requests_overtake_running_batch_inference(demo_server)
     assert det_p50 < batch_p50 / 2, (det_p50, batch_p50)
 
 
-def test_sigterm_finishes_accepted_requests_and_exits(tmp_path):
-    server = RuntimeProcess("--demo", log_path=tmp_path / "log").start()
-    results: list[object] = []
+def batches_in_flight(server: RuntimeProcess, results: list[object], n: int = 3):
+    """``n`` classifier batches of 8, each from a thread and client of its own, started and
+    admitted (each takes far longer than the second waited here); answers go to ``results``."""
 
     def call():
-        c = httpclient.InferenceServerClient(server.url, network_timeout=60)
+        c = httpclient.InferenceServerClient(server.url, network_timeout=120)
         try:
             results.append(infer(c, "classifier", image(8, 224)).as_numpy("logits").shape)
         except Exception as exc:  # noqa: BLE001
             results.append(exc)
 
-    threads = [threading.Thread(target=call) for _ in range(3)]
+    threads = [threading.Thread(target=call) for _ in range(n)]
     for t in threads:
         t.start()
-    time.sleep(1.0)  # all three admitted (each batch of 8 takes far longer than this)
+    time.sleep(1.0)
+    return threads
+
+
+def test_sigterm_finishes_accepted_requests_and_exits(tmp_path):
+    server = RuntimeProcess("--demo", log_path=tmp_path / "log").start()
+    results: list[object] = []
+    threads = batches_in_flight(server, results)
     server.proc.send_signal(signal.SIGTERM)
     for t in threads:
         t.join(60)
@@ -142,19 +149,8 @@ def test_sigterm_stops_grpc_at_once_while_http_drains(tmp_path):
     det = grpcclient.InferInput("image", [1, 3, 96, 96], "FP32")
     det.set_data_from_numpy(image(1, 96))
     assert grpc.infer("detector", [det]).as_numpy("scores").shape == (1, 16)
-    results = []
-
-    def call():
-        c = httpclient.InferenceServerClient(server.url, network_timeout=120)
-        try:
-            results.append(infer(c, "classifier", image(8, 224)).as_numpy("logits").shape)
-        except Exception as exc:  # noqa: BLE001
-            results.append(exc)
-
-    threads = [threading.Thread(target=call) for _ in range(3)]
-    for t in threads:
-        t.start()
-    time.sleep(1.0)  # admitted; the three batches keep HTTP draining for a while
+    results: list[object] = []
+    threads = batches_in_flight(server, results)  # they keep HTTP draining for a while
     server.proc.send_signal(signal.SIGTERM)
     time.sleep(0.2)
     with pytest.raises(InferenceServerException) as refused:

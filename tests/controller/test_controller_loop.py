@@ -170,6 +170,23 @@ def test_informer_loop_backs_off_temporary_then_permanent_errors(api, clock):
     assert metric(c, "deft_controller_errors_total", kind="permanent") == 1
 
 
+def test_a_change_wakes_the_sync_while_its_watch_stays_open(api, clock):
+    # on a cluster a watch call lasts minutes: the sync must not wait for it to end
+    c = make(api, clock)
+    step_all(c)
+    wake = FakeSignal(clock)
+    seen: list[bool] = []
+
+    def watch(resource, namespace, version, timeout_s):
+        yield WatchEvent("MODIFIED", isvc("a", LC))
+        seen.append(wake.is_set())  # the watch is still open here
+        yield WatchEvent("BOOKMARK", {"metadata": {"resourceVersion": "999"}})
+
+    api.watch_objects = watch
+    assert c.informers[0].step(on_change=wake.set) is True
+    assert seen == [True]
+
+
 def test_informer_loop_relists_at_once_after_410(api, clock):
     api.apply(isvc("a"))
     c = make(api, clock)

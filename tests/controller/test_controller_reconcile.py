@@ -81,6 +81,10 @@ INVALID = [
     ("batch size zero", {"deft.dev/max-batch-size": "0"}, "not a positive integer"),
     ("batch size text", {"deft.dev/max-batch-size": "many"}, "not a positive integer"),
     ("deadline invalid on batch", {"deft.dev/slo-ms": "-1"}, "not a positive integer"),
+    # float() overflows past 10^308, int() refuses more than 4300 digits: still a warning
+    ("slo of 400 digits", {**LC, "deft.dev/slo-ms": "9" * 400}, "too large"),
+    ("batch size of 5000 digits", {"deft.dev/max-batch-size": "1" * 5000}, "too large"),
+    ("slo of zeros", {**LC, "deft.dev/slo-ms": "000"}, "not a positive integer"),
 ]
 
 
