@@ -51,6 +51,18 @@ class Informer:
         """True once a list has succeeded: the copy is complete from then on."""
         return self._listed
 
+    def mark_absent(self) -> bool:
+        """The API server does not serve this resource (its list answered 404: no CRD, as on
+        a ModelMesh-only install without TrainedModels): hold it as listed and empty, so that
+        the controller syncs without it. The next step lists again, and finds the objects
+        once the CRD is installed. Returns whether this changed the copy."""
+        with self._lock:
+            changed = not self._listed or bool(self._objects)
+            self._objects = {}
+            self._listed = True
+        self.resource_version = None
+        return changed
+
     def snapshot(self) -> list[Mapping[str, Any]]:
         with self._lock:
             return list(self._objects.values())

@@ -176,6 +176,14 @@ class Controller:
             try:
                 self._write_if_different(cm, text)
             except ApiError as exc:
+                if exc.status in (403, 404) and not cm.table.models \
+                        and cm.namespace != self.config.namespace:
+                    # nothing of Deft's is left in a namespace that is gone (404) or
+                    # terminating (403): stop keeping its table instead of failing every sync
+                    log.info("namespace %s: no models and no ConfigMap can be written (%s); "
+                             "no longer kept", cm.namespace, exc)
+                    self._written.pop(cm.namespace, None)
+                    continue
                 log.warning("cannot write ConfigMap %s/%s: %s", cm.namespace, cm.name, exc)
                 self.metrics.error(exc.temporary)
                 errors.append(exc)
@@ -217,6 +225,13 @@ class Controller:
                 self.metrics.error(exc.temporary)
                 delay = backoff.failure(exc)
                 _log_api_error(f"{informer.resource.plural} list/watch", exc, delay)
+                # a list answered 404: no such resource on this cluster; sync without it
+                # and look again later
+                absent = exc.status == 404 and informer.resource_version is None
+                if absent and informer.mark_absent():
+                    log.warning("%s are not served by this cluster (no CRD?); synced as "
+                                "none until they are", informer.resource.plural)
+                    wake.set()
                 stop.wait(delay)
                 continue
             except Exception:  # a bug must not silently end this thread: log, back off, go on

@@ -170,6 +170,47 @@ def test_informer_loop_backs_off_temporary_then_permanent_errors(api, clock):
     assert metric(c, "deft_controller_errors_total", kind="permanent") == 1
 
 
+def test_a_resource_the_cluster_does_not_serve_is_synced_as_none(api, clock):
+    # ModelMesh-only installs have InferenceServices but no TrainedModel CRD: list -> 404
+    api.apply(isvc("a", LC))
+    c = make(api, clock)
+    tms = c.informers[1]
+    assert c.informers[0].step() is True  # inferenceservices listed
+    api.fail["list_objects"] = [NotFound("the server could not find the requested resource",
+                                         404)]
+    stop, wake = FakeSignal(clock), FakeSignal(clock)
+    api.on_idle_watch = stop.set
+
+    def waited(n):
+        stop.set()
+
+    stop.on_wait = waited
+    c.run_informer(tms, stop, wake)
+    assert tms.has_listed and tms.snapshot() == [] and wake.is_set()
+    assert c.informers_ready()
+    assert tms.resource_version is None  # the next step lists again
+    assert tms.step() is False and tms.has_listed  # served now (the fake lists fine): empty
+
+
+def test_a_deleted_namespace_is_no_longer_kept(api, clock):
+    # cluster mode: team-a's last model and then the namespace itself go away
+    gone = isvc("a", LC, namespace="team-a")
+    api.apply(gone, isvc("b", LC))
+    c = make(api, clock, namespace=None)
+    step_all(c)
+    c.sync()
+    assert ("team-a", "deft-priorities") in api.configmaps
+    api.delete(gone)
+    del api.configmaps[("team-a", "deft-priorities")]
+    api.fail["get_configmap"] = [NotFound("namespaces \"team-a\" not found", 404)]
+    step_all(c)
+    c.sync()  # no error: team-a had nothing left to keep
+    assert "team-a" not in c.observe().namespaces
+    api.calls.clear()
+    c.sync(verify=True)
+    assert not [call for call in api.calls if "team-a" in call]
+
+
 def test_a_change_wakes_the_sync_while_its_watch_stays_open(api, clock):
     # on a cluster a watch call lasts minutes: the sync must not wait for it to end
     c = make(api, clock)
