@@ -61,9 +61,12 @@ def deft_values(annotations: Mapping[str, object]) -> dict[str, Value]:
 
 
 def unknown_keys(annotations: Mapping[str, object]) -> list[str]:
-    """``deft.dev/*`` keys this controller does not know, sorted."""
+    """``deft.dev/*`` keys this controller does not know, sorted; the prefix in any case
+    (annotation keys are case-sensitive: ``Deft.dev/priority`` is not ``deft.dev/priority``,
+    and is reported rather than silently ignored)."""
     return sorted(
-        k for k in annotations if isinstance(k, str) and k.startswith(PREFIX) and k not in KNOWN
+        k for k in annotations
+        if isinstance(k, str) and k.lower().startswith(PREFIX) and k not in KNOWN
     )
 
 

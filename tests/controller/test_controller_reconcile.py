@@ -112,6 +112,13 @@ def test_unknown_deft_key_warns_but_keeps_the_entry():
     assert (name, reason) == ("m", REASON_UNKNOWN) and "deft.dev/slo_ms" in text
 
 
+def test_a_deft_key_in_other_case_is_reported_not_silently_ignored():
+    desired = run(isvc("m", {"Deft.dev/priority": "latency-critical", "deft.dev/slo-ms": "20"}))
+    assert table(desired) == {"m": {"priority": "batch", "slo_ms": 20}}
+    [(name, reason, text)] = warnings(desired)
+    assert (name, reason) == ("m", REASON_UNKNOWN) and "Deft.dev/priority" in text
+
+
 NOT_DEFT = [
     ("other runtime", isvc("m", LC, runtime="kserve-sklearnserver", model_format="sklearn")),
     ("explicit runtime wins over format", isvc("m", LC, runtime="kserve-torchserve")),
