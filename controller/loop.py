@@ -170,6 +170,9 @@ class Controller:
     def _apply_configmaps(self, desired: Desired, *, verify: bool) -> list[ApiError]:
         errors: list[ApiError] = []
         for cm in desired.configmaps:
+            # alive while it works through the namespaces: against an API server that times
+            # out, one verifying sync over many of them can outlast the liveness window
+            self.heartbeat = self.clock.monotonic()
             text = cm.data[CONFIGMAP_KEY]
             if not verify and self._written.get(cm.namespace) == text:
                 continue

@@ -82,6 +82,13 @@ def _unsupported(label: str, parameters: Any) -> None:
             raise KServeInvalidInput(f"{label}: parameter '{key}' is not supported")
 
 
+def _check_version(payload: InferRequest, version: str, name: str) -> None:
+    """A version named in the request must be the served one (each model serves one)."""
+    wanted = getattr(payload, "model_version", None)
+    if wanted and wanted != version:
+        raise KServeModelNotFound(f"{name} (version {wanted}; this server has version {version})")
+
+
 def _checked_inputs(payload: InferRequest, specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
     """The request's tensors as numpy arrays, checked as the REST decoder checks them: each
     input once, known, of the model's datatype, with a shape of non-negative sizes that the
@@ -176,6 +183,7 @@ class DeftModel(Model):  # type: ignore[misc]
             served = self._deft.model(self.name)
         except errors.DeftError as exc:
             raise _kserve_error(exc) from None
+        _check_version(payload, served.version, self.name)
         inputs = _checked_inputs(payload, served.inputs)
         wanted = _requested_outputs(payload, served.outputs)
         try:

@@ -211,6 +211,24 @@ def test_a_deleted_namespace_is_no_longer_kept(api, clock):
     assert not [call for call in api.calls if "team-a" in call]
 
 
+def test_the_heartbeat_moves_while_a_slow_sync_works_through_namespaces(api, clock):
+    # each ConfigMap read takes the API server's whole timeout: the loop is alive all along
+    api.apply(*(isvc("m", LC, namespace=f"team-{i}") for i in range(5)))
+    c = make(api, clock, namespace=None)
+    step_all(c)
+    started = clock.monotonic()
+    slow_get = api.get_configmap
+
+    def get_configmap(namespace, name):
+        clock.advance(30.0)
+        return slow_get(namespace, name)
+
+    api.get_configmap = get_configmap
+    c.sync(verify=True)
+    assert clock.monotonic() - started == 150.0
+    assert c.heartbeat - started == 120.0  # as the last namespace began
+
+
 def test_a_change_wakes_the_sync_while_its_watch_stays_open(api, clock):
     # on a cluster a watch call lasts minutes: the sync must not wait for it to end
     c = make(api, clock)

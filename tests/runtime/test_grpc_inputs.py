@@ -84,3 +84,13 @@ def test_bad_output_requests_are_invalid(km, outputs, message):
 
     with pytest.raises(InvalidInput, match=message):
         mod._requested_outputs(request(it, good(it), outputs), OUTPUTS)
+
+
+def test_a_version_other_than_the_served_one_is_not_found(km):
+    mod, it = km
+    from kserve.errors import ModelNotFound
+
+    mod._check_version(it.InferRequest("m", [], model_version="1"), "1", "m")
+    mod._check_version(it.InferRequest("m", []), "1", "m")
+    with pytest.raises(ModelNotFound, match="version 2"):
+        mod._check_version(it.InferRequest("m", [], model_version="2"), "1", "m")
