@@ -119,12 +119,16 @@ async def _read_body(
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(idle_s) as deadline:
+
+            def arrived() -> None:  # data came: the idle timeout starts over
+                deadline.reschedule(loop.time() + idle_s)
+
             if declared is not None and declared > INLINE_DECODE_BYTES:
-                return await _read_into(request, declared, deadline, idle_s)
+                return await _read_into(request, declared, arrived)
             chunks: list[bytes] = []
             size = 0
             async for chunk in request.stream():
-                deadline.reschedule(loop.time() + idle_s)
+                arrived()
                 size += len(chunk)
                 if size > limit:
                     raise errors.PayloadTooLarge(
@@ -137,17 +141,16 @@ async def _read_body(
 
 
 async def _read_into(
-    request: Request, length: int, deadline: asyncio.Timeout, idle_s: float
+    request: Request, length: int, arrived: Callable[[], None]
 ) -> np.ndarray:
     """A body of declared ``length`` bytes, copied chunk by chunk into one buffer. The
     buffer is allocated, not filled: its memory is taken as the body arrives, so a client
     that declares a large body and sends little holds little."""
     body = np.empty(length, dtype=np.uint8)
     view = memoryview(body).cast("B")
-    loop = asyncio.get_running_loop()
     size = 0
     async for chunk in request.stream():
-        deadline.reschedule(loop.time() + idle_s)
+        arrived()
         end = size + len(chunk)
         if end > length:  # the server's HTTP parser keeps to the declared length
             raise errors.InvalidInput(f"request body is longer than its content-length {length}")
@@ -163,11 +166,11 @@ async def _read_into(
 async def _optional_object(request: Request) -> dict[str, Any]:
     """A repository request's body: empty, or a JSON object (its other fields are for
     extensions this server does not implement)."""
-    body = await _read_body(request, 1 << 20)
-    if not bytes(body).strip():
+    body = bytes(await _read_body(request, 1 << 20))
+    if not body.strip():
         return {}
     try:
-        doc = orjson.loads(bytes(body))
+        doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise errors.InvalidInput(f"request body is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):

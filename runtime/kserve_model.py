@@ -8,7 +8,8 @@ Imports kserve at module level: import this module only from the entry point (ks
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,13 @@ from kserve.errors import ModelNotFound as KServeModelNotFound
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from runtime import errors
-from runtime.codec import UNSUPPORTED_PARAMS
+from runtime.codec import (
+    check_input,
+    check_inputs_given,
+    check_output,
+    is_count,
+    reject_unsupported,
+)
 from runtime.engine import Engine
 from runtime.tensors import NUMPY_TO_V2, V2_TO_NUMPY, TensorSpec
 
@@ -72,14 +79,13 @@ def _param(parameters: Any, key: str) -> int:
     return value
 
 
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _unsupported(label: str, parameters: Any) -> None:
-    for key in UNSUPPORTED_PARAMS:
-        if parameters and key in parameters:
-            raise KServeInvalidInput(f"{label}: parameter '{key}' is not supported")
+@contextmanager
+def _as_kserve_errors() -> Iterator[None]:
+    """Deft's errors raised inside, as the exceptions kserve's servers answer rightly."""
+    try:
+        yield
+    except errors.DeftError as exc:
+        raise _kserve_error(exc) from None
 
 
 def _check_version(payload: InferRequest, version: str, name: str) -> None:
@@ -95,36 +101,28 @@ def _checked_inputs(payload: InferRequest, specs: Sequence[TensorSpec]) -> dict[
     model accepts and that its data fills exactly; every model input present."""
     by_name = {s.name: s for s in specs}
     inputs: dict[str, np.ndarray] = {}
-    for tensor in payload.inputs:
-        label = f"input '{tensor.name}'"
-        if tensor.name in inputs:
-            raise KServeInvalidInput(f"{label}: given more than once")
-        spec = by_name.get(tensor.name)
-        if spec is None:
-            raise KServeInvalidInput(f"{label}: the model has no such input")
-        if tensor.datatype != spec.datatype:
-            raise KServeInvalidInput(
-                f"{label}: datatype {tensor.datatype} but the model expects {spec.datatype}")
-        shape = list(tensor.shape)
-        if not all(_is_count(d) for d in shape):
-            raise KServeInvalidInput(
-                f"{label}: shape must be a list of non-negative integers, got {shape}")
-        if not spec.accepts_shape(tuple(shape)):
-            raise KServeInvalidInput(
-                f"{label}: shape {shape} does not match the model's {list(spec.shape)}")
-        _unsupported(label, tensor.parameters)
-        try:
-            arr = np.asarray(tensor.as_numpy(), dtype=V2_TO_NUMPY[spec.datatype])
-        except Exception:  # noqa: BLE001 - numpy's words for it name no tensor
-            arr = None
-        if arr is None or list(arr.shape) != shape:
-            raise KServeInvalidInput(
-                f"{label}: its data is not {math.prod(shape)} {spec.datatype} values for "
-                f"shape {shape}")
-        inputs[tensor.name] = arr
-    missing = [name for name in by_name if name not in inputs]
-    if missing:
-        raise KServeInvalidInput(f"input '{missing[0]}': missing from the request")
+    with _as_kserve_errors():
+        for tensor in payload.inputs:
+            label = f"input '{tensor.name}'"
+            if tensor.name in inputs:
+                raise KServeInvalidInput(f"{label}: given more than once")
+            shape = list(tensor.shape)
+            if not all(is_count(d) for d in shape):
+                raise KServeInvalidInput(
+                    f"{label}: shape must be a list of non-negative integers, got {shape}")
+            check_input(tensor.name, tensor.datatype, shape, by_name)
+            reject_unsupported(label, tensor.parameters)
+            datatype = by_name[tensor.name].datatype
+            try:
+                arr = np.asarray(tensor.as_numpy(), dtype=V2_TO_NUMPY[datatype])
+            except Exception:  # noqa: BLE001 - numpy's words for it name no tensor
+                arr = None
+            if arr is None or list(arr.shape) != shape:
+                raise KServeInvalidInput(
+                    f"{label}: its data is not {math.prod(shape)} {datatype} values for "
+                    f"shape {shape}")
+            inputs[tensor.name] = arr
+        check_inputs_given(inputs, by_name)
     return inputs
 
 
@@ -136,14 +134,11 @@ def _requested_outputs(payload: InferRequest, specs: Sequence[TensorSpec]) -> li
         return list(specs)
     by_name = {s.name: s for s in specs}
     out: list[TensorSpec] = []
-    for item in requested:
-        label = f"output '{item.name}'"
-        if any(s.name == item.name for s in out):
-            raise KServeInvalidInput(f"{label}: requested more than once")
-        if item.name not in by_name:
-            raise KServeInvalidInput(f"{label}: the model has no such output")
-        _unsupported(label, item.parameters)
-        out.append(by_name[item.name])
+    with _as_kserve_errors():
+        for item in requested:
+            check_output(item.name, [s.name for s in out], by_name)
+            reject_unsupported(f"output '{item.name}'", item.parameters)
+            out.append(by_name[item.name])
     return out
 
 
@@ -164,36 +159,28 @@ class DeftModel(Model):  # type: ignore[misc]
         return self._deft.model_ready(self.name) and self._deft.ready()
 
     def get_input_types(self) -> list[dict[str, Any]]:
-        try:
+        with _as_kserve_errors():
             return [s.to_metadata() for s in self._deft.model(self.name).inputs]
-        except errors.DeftError as exc:
-            raise _kserve_error(exc) from None
 
     def get_output_types(self) -> list[dict[str, Any]]:
-        try:
+        with _as_kserve_errors():
             return [s.to_metadata() for s in self._deft.model(self.name).outputs]
-        except errors.DeftError as exc:
-            raise _kserve_error(exc) from None
 
     async def predict(
         self, payload: InferRequest, headers: dict[str, str] | None = None,
         response_headers: dict[str, str] | None = None,
     ) -> InferResponse:
-        try:
+        with _as_kserve_errors():
             served = self._deft.model(self.name)
-        except errors.DeftError as exc:
-            raise _kserve_error(exc) from None
         _check_version(payload, served.version, self.name)
         inputs = _checked_inputs(payload, served.inputs)
         wanted = _requested_outputs(payload, served.outputs)
-        try:
+        with _as_kserve_errors():
             outputs = await self._deft.infer(
                 self.name, inputs,
                 priority=_param(payload.parameters, "priority"),
                 timeout_us=_param(payload.parameters, "timeout") or None,
             )
-        except errors.DeftError as exc:
-            raise _kserve_error(exc) from None
         infer_outputs = []
         for spec in wanted:
             arr = outputs[spec.name]

@@ -6,7 +6,14 @@ reads the body, calls ``decode_request`` in a worker thread, runs the request, a
 tensor extension (``inference-header-content-length``) in both directions.
 """
 
-from runtime.codec._decode import UNSUPPORTED_PARAMS, decode_request
+from runtime.codec._decode import (
+    check_input,
+    check_inputs_given,
+    check_output,
+    decode_request,
+    is_count,
+    reject_unsupported,
+)
 from runtime.codec._encode import Binary, encode_request, encode_response, error_body
 from runtime.codec._types import (
     BINARY_CONTENT_TYPE,
@@ -25,8 +32,12 @@ __all__ = [
     "InferRequest",
     "Limits",
     "RequestedOutput",
-    "UNSUPPORTED_PARAMS",
+    "check_input",
+    "check_inputs_given",
+    "check_output",
     "decode_request",
+    "is_count",
+    "reject_unsupported",
     "encode_request",
     "encode_response",
     "error_body",

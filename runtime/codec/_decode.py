@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,12 +79,10 @@ def decode_request(
             raise InvalidInput(f"input '{item.name}': given more than once")
         seen.add(item.name)
         if specs is not None:
-            _check_spec(item, specs)
+            check_input(item.name, item.datatype, item.shape, specs)
         parsed.append(item)
     if specs is not None:
-        missing = [name for name in specs if name not in seen]
-        if missing:
-            raise InvalidInput(f"input '{missing[0]}': missing from the request")
+        check_inputs_given(seen, specs)
 
     arrays: dict[str, np.ndarray] = {}
     offset = header_length
@@ -157,7 +155,7 @@ def _header_length(value: str | None, body_length: int) -> int:
     return length
 
 
-def _is_count(value: object) -> bool:
+def is_count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
@@ -167,7 +165,7 @@ def _request_parameters(raw: object) -> dict[str, object]:
     if not isinstance(raw, dict):
         raise InvalidInput("request 'parameters' must be an object")
     for key in ("priority", "timeout"):
-        if key in raw and not _is_count(raw[key]):
+        if key in raw and not is_count(raw[key]):
             raise InvalidInput(f"request parameter '{key}' must be a non-negative integer")
     if not isinstance(raw.get("binary_data_output", False), bool):
         raise InvalidInput("request parameter 'binary_data_output' must be a boolean")
@@ -187,10 +185,7 @@ def _requested_outputs(
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise InvalidInput(f"output #{index}: must be an object with a string 'name'")
         name = item["name"]
-        if any(out.name == name for out in wanted):
-            raise InvalidInput(f"output '{name}': requested more than once")
-        if known is not None and name not in known:
-            raise InvalidInput(f"output '{name}': the model has no such output")
+        check_output(name, [out.name for out in wanted], known)
         params = _tensor_parameters(f"output '{name}'", item.get("parameters"))
         binary = params.get("binary_data", binary_default)
         if not isinstance(binary, bool):
@@ -204,9 +199,7 @@ def _tensor_parameters(label: str, raw: object) -> dict:
         return {}
     if not isinstance(raw, dict):
         raise InvalidInput(f"{label}: 'parameters' must be an object")
-    for key in UNSUPPORTED_PARAMS:
-        if key in raw:
-            raise InvalidInput(f"{label}: parameter '{key}' is not supported")
+    reject_unsupported(label, raw)
     return raw
 
 
@@ -219,7 +212,7 @@ def _parse_input(index: int, raw: object, limits: Limits) -> _Input:
     if not isinstance(datatype, str) or datatype not in V2_TO_NUMPY:
         raise InvalidInput(f"{label}: unknown datatype {datatype!r}")
     shape = raw.get("shape")
-    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+    if not isinstance(shape, list) or not all(is_count(d) for d in shape):
         raise InvalidInput(f"{label}: shape must be a list of non-negative integers, got {shape!r}")
     if len(shape) > _MAX_DIMS:
         raise InvalidInput(f"{label}: shape has {len(shape)} dimensions, at most {_MAX_DIMS}")
@@ -232,7 +225,7 @@ def _parse_input(index: int, raw: object, limits: Limits) -> _Input:
     params = _tensor_parameters(label, raw.get("parameters"))
     binary_size = params.get("binary_data_size")
     if binary_size is not None:
-        if not _is_count(binary_size):
+        if not is_count(binary_size):
             raise InvalidInput(f"{label}: binary_data_size must be a non-negative integer")
         if "data" in raw:
             raise InvalidInput(f"{label}: has both 'data' and binary_data_size")
@@ -241,16 +234,44 @@ def _parse_input(index: int, raw: object, limits: Limits) -> _Input:
     return _Input(name, datatype, tuple(shape), count, raw.get("data"), binary_size)
 
 
-def _check_spec(item: _Input, specs: Mapping[str, TensorSpec]) -> None:
-    spec = specs.get(item.name)
+# -- checks against the model's tensors, shared by the REST decoder and the gRPC path ----
+
+
+def reject_unsupported(label: str, parameters: Mapping[str, object] | None) -> None:
+    """Refuse the parameters of v2 extensions this server does not implement."""
+    for key in UNSUPPORTED_PARAMS:
+        if parameters and key in parameters:
+            raise InvalidInput(f"{label}: parameter '{key}' is not supported")
+
+
+def check_input(
+    name: str, datatype: str, shape: Sequence[int], specs: Mapping[str, TensorSpec]
+) -> None:
+    """An input the model has, of its datatype, in a shape it accepts."""
+    spec = specs.get(name)
     if spec is None:
-        raise InvalidInput(f"input '{item.name}': the model has no such input")
-    if item.datatype != spec.datatype:
+        raise InvalidInput(f"input '{name}': the model has no such input")
+    if datatype != spec.datatype:
         raise InvalidInput(
-            f"input '{item.name}': datatype {item.datatype} but the model expects {spec.datatype}"
+            f"input '{name}': datatype {datatype} but the model expects {spec.datatype}"
         )
-    if not spec.accepts_shape(item.shape):
+    if not spec.accepts_shape(tuple(shape)):
         raise InvalidInput(
-            f"input '{item.name}': shape {list(item.shape)} does not match the model's "
+            f"input '{name}': shape {list(shape)} does not match the model's "
             f"{list(spec.shape)}"
         )
+
+
+def check_inputs_given(given: Collection[str], specs: Mapping[str, TensorSpec]) -> None:
+    """Every input of the model is in the request."""
+    missing = [name for name in specs if name not in given]
+    if missing:
+        raise InvalidInput(f"input '{missing[0]}': missing from the request")
+
+
+def check_output(name: str, wanted: Collection[str], known: Collection[str] | None) -> None:
+    """An output requested once (``wanted``: those before it) that the model has."""
+    if name in wanted:
+        raise InvalidInput(f"output '{name}': requested more than once")
+    if known is not None and name not in known:
+        raise InvalidInput(f"output '{name}': the model has no such output")
