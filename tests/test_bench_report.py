@@ -432,7 +432,27 @@ def test_slo_factors_option_and_gpu_defaults():
     labels = [s.label for s in select_systems(GPU_SYSTEMS, gpu=True)]
     assert labels[0] == "deft:deft" and set(FACTOR_SYSTEMS) <= set(labels)
     assert "deft:deft/same-stream" in labels and "kserve" in labels
+    assert "deft:deft/switch-0.25ms" in labels
     assert GPU_MIXES == "pair-poisson"
+
+
+def test_gpu_controls_start_the_runtime_differently(tmp_path):
+    from e2e.bench.systems import SAME_STREAM, SWITCH_SHORT, deft_server
+
+    def args(variant):
+        server = deft_server(tmp_path, "deft", tmp_path / "p.yaml", tmp_path / "x.log",
+                             ["detector"], device="cuda", variant=variant)
+        return server.args
+
+    plain, same, switch = args(""), args(SAME_STREAM), args(SWITCH_SHORT)
+    assert plain[plain.index("-m") + 1] == "runtime" and "--switch_interval_ms" not in plain
+    assert same[same.index("-m") + 1] == "e2e.bench.same_stream_runtime"
+    assert switch[switch.index("-m") + 1] == "runtime"
+    assert switch[switch.index("--switch_interval_ms") + 1] == "0.25"
+    variants = {s.label: s.variant for s in all_systems(gpu=True)}
+    assert variants["deft:deft/same-stream"] == SAME_STREAM
+    assert variants["deft:deft/switch-0.25ms"] == SWITCH_SHORT
+    assert not any(s.reference for s in all_systems(gpu=True) if s.variant)
 
 
 def test_slo_variant_reuses_the_reference_solo_p99_and_skips_its_own_solo(monkeypatch):
@@ -476,3 +496,18 @@ def test_mix_selection_by_name_all_and_quick():
     assert find_mixes("trio-periodic,pair-bursty", quick=False) == [every[2], every[1]]
     with pytest.raises(SystemExit, match="no mix"):
         find_mixes("nonesuch", quick=False)
+
+
+def test_a_run_cut_short_keeps_the_systems_it_finished(tmp_path):
+    import json
+
+    from e2e.bench.__main__ import save_partial
+
+    path = tmp_path / "bench.partial.json"
+    runs = [{"system": "deft", "policy": "deft", "label": "deft:deft", "mixes": []}]
+    skipped = [{"label": "triton:none", "reason": "no peer"}]
+    save_partial(path, "cpu", runs, skipped, {"median_error": 0.05}, 1)
+    saved = json.loads(path.read_text())
+    assert saved["partial"] is True and saved["device"] == "cpu"
+    assert saved["systems"] == runs and saved["skipped"] == skipped
+    assert saved["predictor"] == {"median_error": 0.05} and "machine" in saved

@@ -48,7 +48,8 @@ QUICK_SYSTEMS = "deft,kserve,triton:priority-levels"
 FULL_SYSTEMS = "deft:deft,triton,kserve,deft:*"
 # on a GPU the peer is left out (its build needs a network the GPU machine may not have; it
 # runs where its venv exists, with --systems), and the suite fits one ten-minute run
-GPU_SYSTEMS = "deft:deft,deft:deft/same-stream,deft:layer,kserve,deft:fifo,deft:priority"
+GPU_SYSTEMS = ("deft:deft,deft:deft/switch-0.25ms,deft:deft/same-stream,deft:layer,kserve,"
+               "deft:fifo,deft:priority")
 GPU_MIXES = "pair-poisson"
 # the primary mix again at other latency-critical SLOs (x the reference's solo p99), on these
 # systems: how attainment and batch throughput move with the slack an SLO leaves
@@ -230,7 +231,7 @@ def start_system(spec: SystemSpec, model_dir: Path, specs: dict, logs: Path, cac
     if spec.system == "deft":
         prio = DeftPriorities(logs / f"priorities-{slug}.yaml")
         server = deft_server(model_dir, spec.policy, prio.path, logs / f"{slug}.log", models,
-                             device=device, same_stream=bool(spec.variant))
+                             device=device, variant=spec.variant)
         server.env["DEFT_CACHE_DIR"] = str(cache)
         return server, prio
     if spec.system == "kserve":
@@ -496,6 +497,8 @@ def main(argv: list[str] | None = None) -> int:
             except (RuntimeError, TimeoutError, OSError) as exc:
                 log(f"{spec.label}: FAILED: {str(exc)[-1500:]}")
                 skipped.append({"label": spec.label, "reason": f"failed: {str(exc)[-300:]}"})
+                save_partial(out / "bench.partial.json", device, runs, skipped, predictor,
+                             attempts)
                 if spec.label in pair_labels:
                     pair_labels.remove(spec.label)
                 continue
@@ -507,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
                 if lc is not None:
                     latencies[res.mix][spec.label] = [round(x * 1e3, 3) for x in lc.latencies_s]
             log(f"{spec.label}: done in {stage(spec.label, t):.0f} s")
+            save_partial(out / "bench.partial.json", device, runs, skipped, predictor, attempts)
             if held and spec.label == pair_labels[-1]:
                 if len(held) >= 2 and held[0][0].reference:
                     paired = run_paired(held, mixes[0], specs, phases, slos)
@@ -555,6 +559,7 @@ def main(argv: list[str] | None = None) -> int:
         "simulator": simulator,
     }
     (raw / "latencies.json").write_text(json.dumps(latencies))
+    (out / "bench.partial.json").unlink(missing_ok=True)
     # the measurements are written first: a failure below must not lose them
     (out / "bench.json").write_text(json.dumps(result, indent=1) + "\n")
     result["checks"] = report.checks(result)
@@ -573,6 +578,16 @@ def main(argv: list[str] | None = None) -> int:
     log(f"bench: wrote {out / 'bench.json'}, {out / 'bench.md'} and "
         f"{len(result['plots'])} plots in {result['seconds']:.0f} s")
     return 0
+
+
+def save_partial(path: Path, device: str, runs: list, skipped: list, predictor: dict,
+                 attempts: Any) -> None:
+    """What the suite has measured so far, after each system: a run cut short (a time limit
+    on a lent machine, say) keeps the systems it finished. The whole run removes it."""
+    partial = {"partial": True, "machine": machine(device), "device": device,
+               "systems": runs, "skipped": skipped, "stages": STAGES,
+               "profile_attempts": attempts, "predictor": predictor}
+    path.write_text(json.dumps(partial, indent=1) + "\n")
 
 
 def legacy_inputs(primary: BenchWorkload, profile: dict, predictor: dict) -> dict[str, Any]:

@@ -38,6 +38,10 @@ else
   PYTHON="$VENV/bin/python"
   PEER_PYTHON="$PEER_VENV/bin/python"
 fi
-"$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else
-  'torch in $PYTHON does not see a GPU')"
+# `--device cpu` tries the GPU plan on the CPU (no GPU needed)
+case " $* " in
+  *" --device cpu "*) ;;
+  *) "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else
+       'torch in $PYTHON does not see a GPU')" ;;
+esac
 exec "$PYTHON" -m e2e.bench --gpu ${QUICK:+--quick} --peer_python "$PEER_PYTHON" "$@"

@@ -7,8 +7,10 @@
 | ``kserve`` | ``-`` | ``python -m e2e.bench.plain_kserve`` (one kserve.Model per model) |
 | ``triton`` | ``priority-levels`` / ``none`` | ``e2e/bench/triton_peer.py`` (peer venv) |
 
-On a GPU (``--gpu``) the suite adds ``deft`` with CUDA stream priorities off
-(``python -m e2e.bench.same_stream_runtime``), to show what the high-priority stream buys.
+On a GPU (``--gpu``) the suite adds two variants of ``deft``: CUDA stream priorities off
+(``python -m e2e.bench.same_stream_runtime``), to show what the high-priority stream buys,
+and a 0.25 ms thread switch interval (``--switch_interval_ms 0.25``) instead of the
+interpreter's 5 ms.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ from scheduler.policies import validate_policy_name
 from scheduler.priority import InvalidSettings
 
 DEFT_POLICIES = ("deft", "fifo", "priority", "layer", "fixed:4")
+# GPU variants of Deft's reference: CUDA stream priorities off, and a 0.25 ms thread switch
+# interval instead of the interpreter's 5 ms
+SAME_STREAM = "stream-priorities-off"
+SWITCH_SHORT = "switch-interval-0.25ms"
 
 
 @dataclass(frozen=True)
@@ -54,7 +60,9 @@ def all_systems(gpu: bool = False) -> list[SystemSpec]:
     out = [SystemSpec("deft", p, f"deft:{p}", True) for p in DEFT_POLICIES]
     if gpu:
         out.append(SystemSpec("deft", "deft", "deft:deft/same-stream", True,
-                              variant="stream-priorities-off"))
+                              variant=SAME_STREAM))
+        out.append(SystemSpec("deft", "deft", "deft:deft/switch-0.25ms", True,
+                              variant=SWITCH_SHORT))
     out += [
         SystemSpec("kserve", "-", "kserve", False),
         SystemSpec("triton", "priority-levels", "triton:priority-levels", True),
@@ -156,12 +164,14 @@ class ServerProcess:
 
 
 def deft_server(model_dir: Path, policy: str, priorities: Path, log: Path, models: list[str],
-                device: str = "cpu", same_stream: bool = False) -> ServerProcess:
-    module = "e2e.bench.same_stream_runtime" if same_stream else "runtime"
+                device: str = "cpu", variant: str = "") -> ServerProcess:
+    module = "e2e.bench.same_stream_runtime" if variant == SAME_STREAM else "runtime"
     http, grpc = free_port(), free_port()
     args = [sys.executable, "-m", module, "--model_dir", str(model_dir), "--policy", policy,
             "--priority_config", str(priorities), "--priority_poll_s", "0.2",
             "--device", device, "--http_port", str(http), "--grpc_port", str(grpc)]
+    if variant == SWITCH_SHORT:
+        args += ["--switch_interval_ms", "0.25"]
     return ServerProcess(args, http, models, log)
 
 

@@ -250,11 +250,11 @@ class _StreamingRequest:
             await asyncio.Event().wait()
 
 
-def test_a_declared_length_body_is_copied_chunk_by_chunk_into_one_buffer():
+def test_a_large_declared_body_is_kept_as_chunks_and_joined_off_the_loop():
     import asyncio
 
     from runtime.errors import InvalidInput
-    from runtime.http import INLINE_DECODE_BYTES, _read_body
+    from runtime.http import INLINE_DECODE_BYTES, BodyChunks, _read_body
 
     chunks = [bytes([i]) * (INLINE_DECODE_BYTES // 2 + i) for i in range(5)]
     total = sum(map(len, chunks))
@@ -263,7 +263,13 @@ def test_a_declared_length_body_is_copied_chunk_by_chunk_into_one_buffer():
         return asyncio.run(_read_body(_StreamingRequest(chunks, length), 1 << 30))
 
     body = read(total)
-    assert isinstance(body, np.ndarray) and body.tobytes() == b"".join(chunks)
+    # on the loop the chunks are only kept (the very objects read), nothing is copied
+    assert isinstance(body, BodyChunks) and len(body) == total
+    assert all(a is b for a, b in zip(body._chunks, chunks, strict=True))
+    joined = body.join()
+    assert joined.dtype == np.uint8 and joined.tobytes() == b"".join(chunks)
+    assert not body._chunks  # each chunk let go once copied
+    assert bytes(read(total)) == b"".join(chunks)
     with pytest.raises(InvalidInput, match="longer"):
         read(total - 1)
     with pytest.raises(InvalidInput, match="shorter"):

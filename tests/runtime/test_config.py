@@ -27,3 +27,29 @@ def test_the_slice_reaches_the_scheduler():
     engine, _ = build_engine(cfg, Metrics(CollectorRegistry()))
     assert engine.scheduler.batch_slice_s == pytest.approx(0.0075)
     assert engine.scheduler.queue.idle_credit_s == pytest.approx(0.0075)
+
+
+def test_switch_interval_flag_and_device_default(capsys):
+    import sys
+
+    from runtime.threads import set_switch_interval
+
+    assert parse_args(["--demo"])[0].switch_interval_ms is None
+    assert parse_args(["--demo", "--switch_interval_ms", "0.5"])[0].switch_interval_ms == 0.5
+    with pytest.raises(SystemExit):
+        parse_args(["--demo", "--switch_interval_ms", "0"])
+    assert "above 0" in capsys.readouterr().err
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)
+        assert set_switch_interval(None) == pytest.approx(0.005)  # Python's own, untouched
+        assert set_switch_interval(0.25) == pytest.approx(0.00025)
+    finally:
+        sys.setswitchinterval(before)
+
+
+def test_event_loop_flag():
+    assert parse_args(["--demo"])[0].event_loop == "auto"
+    assert parse_args(["--demo", "--event_loop", "asyncio"])[0].event_loop == "asyncio"
+    with pytest.raises(SystemExit):
+        parse_args(["--demo", "--event_loop", "trio"])
