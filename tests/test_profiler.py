@@ -98,8 +98,7 @@ def test_on_cuda_units_are_timed_back_to_back_with_events(monkeypatch):
             return {}
 
         def run(self, state, start, end):
-            assert end == start + 1
-            clock["ms"] += unit_ms[start]
+            clock["ms"] += call_ms + sum(unit_ms[start:end])
 
         def finish(self, state):
             return state
@@ -110,9 +109,18 @@ def test_on_cuda_units_are_timed_back_to_back_with_events(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "Event", Event)
     monkeypatch.setattr(torch.cuda, "synchronize", synchronize)
+    call_ms = 0.0
     times = profiler.time_units(Model(), {}, warmup=1, repeats=3)
     assert times == pytest.approx([50.0, 200.0, 10.0])
-    assert clock["syncs"] == 2 * 4  # one before and one after each pass, not per unit
+    # one sync before and one after each pass (units, then the whole run), not per unit
+    assert clock["syncs"] == 2 * 2 * 4
+
+    # launch-bound: each call's host work (30 us) holds the GPU up, once per call; the units
+    # are scaled to add up to the whole run in one call (290 us), not 3 calls' worth (350)
+    call_ms = 0.03
+    times = profiler.time_units(Model(), {}, warmup=1, repeats=3)
+    assert sum(times) == pytest.approx(290.0, abs=0.2)
+    assert times == pytest.approx([u * 290.0 / 350.0 for u in (80.0, 230.0, 40.0)], abs=0.1)
 
 
 def test_profile_has_the_simulator_shape(program):
