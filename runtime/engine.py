@@ -473,8 +473,14 @@ class Engine:
         *,
         priority: int = 0,
         timeout_us: int | None = None,
+        received_at: float | None = None,
     ) -> dict[str, np.ndarray]:
         """Run one request through the scheduler; returns its outputs by name.
+
+        ``received_at`` (this engine's clock): when the server began reading the request. A
+        latency-critical request then reports the time it spent outside the scheduler and
+        the device (reading, decoding, the hand-offs to the executor and back) to the
+        ``deft`` policy, which keeps that much of the SLO free of batch work.
 
         Raises ``ShuttingDown``, ``ModelNotFound``/``ModelNotReady``, ``InvalidInput``,
         ``QueueFull`` (refused at once, never queued), ``RequestTimeout`` (queued past its
@@ -540,7 +546,11 @@ class Engine:
             outcome = type(exc).__name__
             self.metrics.requests.labels(name, klass.value, _outcome(outcome)).inc()
             raise
-        latency = self.clock.now() - now
+        answered = self.clock.now()
+        latency = answered - now
+        if received_at is not None and job.latency_critical and pending.completed_at is not None:
+            in_scheduler = pending.completed_at - now
+            self.scheduler.streams.on_host_time(name, (answered - received_at) - in_scheduler)
         self.metrics.request_latency.labels(name, klass.value).observe(latency)
         self.metrics.requests.labels(name, klass.value, "ok").inc()
         return result

@@ -45,6 +45,7 @@ class Pending:
     admitted_at: float
     slo_s: float | None = None
     on_done: Callable[[], None] | None = field(default=None, repr=False)
+    completed_at: float | None = None  # when its job ended on the executor (clock time)
 
     def resolve(self, result: dict[str, np.ndarray] | BaseException | None) -> None:
         """Answer from any thread; ``None`` withdraws the request (nobody waits for it).
@@ -471,6 +472,7 @@ class ResultListener:
             latency = now - member.arrival
             if pending.slo_s is not None and latency > pending.slo_s:
                 self.metrics.slo_violations.labels(job.model, job.priority.value).inc()
+            pending.completed_at = now
             pending.resolve(part)
 
     def on_reject(self, reject: Reject, now: float) -> None:

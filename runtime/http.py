@@ -275,6 +275,7 @@ def build_router(
     async def infer(
         request: Request, model_name: str, model_version: str | None = None
     ) -> Response:
+        received = engine.clock.now()
         served = engine.model(model_name)
         check_version(model_name, model_version)
         engine.check_room(model_name)  # a full queue costs the server no body read, no decode
@@ -306,7 +307,8 @@ def build_router(
         gone = asyncio.ensure_future(_cancel_on_disconnect(request, this))
         try:
             outputs = await engine.infer(
-                model_name, decoded.inputs, priority=decoded.priority, timeout_us=decoded.timeout_us
+                model_name, decoded.inputs, priority=decoded.priority,
+                timeout_us=decoded.timeout_us, received_at=received,
             )
         except asyncio.CancelledError:
             if not (gone.done() and not gone.cancelled() and gone.exception() is None):

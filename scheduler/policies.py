@@ -169,8 +169,10 @@ class DeftPolicy(_Preemptive):
 
     - No active latency-critical stream, or none that waits for batch chunks (the CPU
       lane, ``split_batches`` off): the whole job, no sync points.
-    - A chunk may last ``budget = min(SLO - solo p99)`` over the active streams; chunks are
-      packed greedily up to it, which gives the fewest sync points under the budget.
+    - A chunk may last ``budget = min(SLO - solo p99 - host time p99)`` over the active
+      streams (the host time: what the server reports of requests' time outside the
+      device); chunks are packed greedily up to it, which gives the fewest sync points
+      under the budget.
     - A unit longer than the budget: the batch is split into the fewest micro-batches whose
       units fit; if no split makes them fit, the finest plan (a sync point after every unit).
     - A batch job with a deadline: the budget is chosen among ``budget * 2**i`` to minimize
@@ -245,7 +247,7 @@ class DeftPolicy(_Preemptive):
                 chunk_times.append(predictor.chunk_time(durations, s, e))
                 s = e
             for st in active:
-                slack = st.slo_s - st.solo_p99(self.ctx.streams.min_samples)
+                slack = st.slack(self.ctx.streams.min_samples)
                 rate = st.rate(now, 1.0)
                 lc_miss += rate * sum(max(0.0, c - slack) for c in chunk_times)
             score = (own_miss + lc_miss, pred.inference_delay, budget)

@@ -7,6 +7,12 @@ stream's requests are replayed through a virtual queue of their own (their arriv
 measured execution times, no batch work), which also removes the knock-on delay a preempted
 request passes to the next one. Before enough samples exist, the predicted inference delay of
 one job stands in.
+
+A request also spends time outside the device: reading and decoding it, handing it to the
+executor and back, answering it. Where the server reports that time (``on_host_time``), its
+p99 counts against the SLO too: ``solo latency + host time + preemption delay <= SLO``. On a
+GPU, where a small model's compute is a fraction of a millisecond, that time can be most of
+a request's latency, and grows with the load the batch requests put on the server.
 """
 
 from __future__ import annotations
@@ -25,8 +31,11 @@ class StreamState:
     arrivals: deque[float] = field(default_factory=lambda: deque(maxlen=256))
     samples: deque[float] = field(default_factory=lambda: deque(maxlen=512))
     virtual_free_at: float = -math.inf
+    host_samples: deque[float] = field(default_factory=lambda: deque(maxlen=512))
     _p99: float | None = None
     _since_refresh: int = 0
+    _host_p99: float | None = None
+    _host_since_refresh: int = 0
 
     def solo_p99(self, min_samples: int) -> float:
         if len(self.samples) < min_samples:
@@ -36,6 +45,21 @@ class StreamState:
             self._p99 = ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
             self._since_refresh = 0
         return self._p99
+
+    def host_p99(self, min_samples: int) -> float:
+        """p99 of the time recent requests spent in the server outside the device (0 until
+        ``min_samples`` are reported: a server that reports none is budgeted as before)."""
+        if len(self.host_samples) < min_samples:
+            return 0.0
+        if self._host_p99 is None or self._host_since_refresh >= 16:
+            ordered = sorted(self.host_samples.copy())  # copy: another thread may append
+            self._host_p99 = ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
+            self._host_since_refresh = 0
+        return self._host_p99
+
+    def slack(self, min_samples: int) -> float:
+        """How long a request may wait for batch work and still meet the SLO."""
+        return self.slo_s - self.solo_p99(min_samples) - self.host_p99(min_samples)
 
     def rate(self, now: float, window_s: float) -> float:
         recent = [t for t in self.arrivals.copy() if t > now - window_s]
@@ -61,6 +85,7 @@ class LatencyCriticalStreams:
             st = StreamState(model, slo_s, predicted_solo_s)
             if model in self._streams:
                 st.samples = self._streams[model].samples
+                st.host_samples = self._streams[model].host_samples
             self._streams[model] = st
             self.version += 1
         elif now - st.last_arrival > self.active_window_s:
@@ -77,13 +102,22 @@ class LatencyCriticalStreams:
             st.samples.append(st.virtual_free_at - arrival)
             st._since_refresh += 1
 
+    def on_host_time(self, model: str, seconds: float) -> None:
+        """A request of ``model`` spent ``seconds`` in the server outside the device (any
+        thread may report)."""
+        st = self._streams.get(model)
+        if st is not None:
+            st.host_samples.append(max(0.0, seconds))
+            st._host_since_refresh += 1
+
     def active(self, now: float) -> list[StreamState]:
         return [s for s in self._streams.values() if now - s.last_arrival <= self.active_window_s]
 
     def budget(self, now: float) -> float:
         """The longest a batch chunk may hold the device: min over active streams of
-        (SLO - solo p99). ``inf`` when no latency-critical stream is active."""
+        (SLO - solo p99 - host time p99). ``inf`` when no latency-critical stream is
+        active."""
         best = math.inf
         for s in self.active(now):
-            best = min(best, s.slo_s - s.solo_p99(self.min_samples))
+            best = min(best, s.slack(self.min_samples))
         return best

@@ -288,3 +288,23 @@ def test_a_body_that_stalls_is_answered_408(length):
     with pytest.raises(RequestTimeout, match="stalled"):
         asyncio.run(_read_body(stalled, 64 * 1024 * 1024, idle_s=0.01))
 
+
+
+def test_a_latency_critical_request_over_http_reports_its_server_time():
+    from scheduler.clock import FakeClock
+    from scheduler.priority import Priority
+
+    clock = FakeClock()
+    model, _ = served_mlp("lc", Priority.LATENCY_CRITICAL, slo_ms=1000)
+    engine = make_engine([model], clock=clock)
+    engine.start()
+    app = FastAPI()
+    install(app, engine, Limits(max_body_bytes=1 << 20), RepositoryAccess(enabled=True))
+    try:
+        with TestClient(app) as c:
+            r = c.post("/v2/models/lc/infer", content=json_body())
+            assert r.status_code == 200, r.text
+    finally:
+        engine.stop(1.0)
+    # the handler's receipt time reached the engine (a frozen clock: no time outside)
+    assert list(engine.scheduler.streams._streams["lc"].host_samples) == [0.0]

@@ -366,3 +366,22 @@ def test_loads_run_one_at_a_time_and_a_model_asked_for_twice_loads_once():
     assert results == [model, model] and calls == ["mlp"]
     assert engine.model_ready("mlp")
     engine.stop(1.0)
+
+
+def test_a_latency_critical_request_reports_its_time_outside_the_device():
+    clock = FakeClock()
+    lc, _ = served_mlp("lc", Priority.LATENCY_CRITICAL, slo_ms=1000)
+    batch, _ = served_mlp("b")
+    engine = make_engine([lc, batch], clock=clock)
+    engine.start()
+
+    async def go():
+        # read 4 ms before it reached the engine; the frozen clock puts no time on the device
+        await engine.infer("lc", {"x": X}, received_at=clock.now() - 0.004)
+        await engine.infer("lc", {"x": X})  # no receipt time (gRPC): nothing reported
+        await engine.infer("b", {"x": X}, received_at=clock.now() - 0.004)  # batch: nothing
+
+    run(go())
+    engine.stop(1.0)
+    assert list(engine.scheduler.streams._streams["lc"].host_samples) == [pytest.approx(0.004)]
+    assert "b" not in engine.scheduler.streams._streams

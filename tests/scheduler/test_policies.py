@@ -262,6 +262,26 @@ def test_deft_packs_chunks_up_to_the_latency_critical_slack():
     assert ends == [2, 4, 6, 8, 10]  # 2 units + sync = 2.1 ms <= 2.5 ms; 3 units would not fit
 
 
+def test_deft_keeps_the_server_time_it_is_told_of_free_of_batch_work():
+    # the stream and slack above, and requests that spend 1.2 ms in the server outside the
+    # device (reading, decoding, hand-offs): 3.5 - 1.1 (solo) - 1.2 leaves 1.2 ms per chunk
+    s = make_scheduler("deft", {"b": [1e-3] * 10, "lc": [1e-3]}, sync=0.1e-3)
+    _run_one_latency_critical_job(s, slo=3.5e-3, took=1.1e-3)
+    for _ in range(s.streams.min_samples - 1):
+        s.streams.on_host_time("lc", 1.2e-3)
+    assert s.streams.budget(1.1e-3) == pytest.approx(2.4e-3)  # too few reports: as before
+    s.streams.on_host_time("lc", 1.2e-3)
+    assert s.streams.budget(1.1e-3) == pytest.approx(1.2e-3)
+    b = make_job("b", BATCH, arrival=1.1e-3, units=10)
+    s.submit(b)
+    _, d = s.decide(1.1e-3)
+    assert (d.start, d.end) == (0, 1)  # 1 unit + sync = 1.1 ms <= 1.2 ms; 2 would not fit
+    # a new SLO for the stream keeps what was measured of it
+    s.submit(make_job("lc", LC, arrival=2e-3, units=1, slo=5e-3))
+    assert s.streams.budget(2e-3) == pytest.approx(5e-3 - 1.1e-3 - 1.2e-3)
+    s.streams.on_host_time("nobody", 1.0)  # a model that is no stream: ignored
+
+
 def test_deft_runs_batch_jobs_whole_where_latency_critical_jobs_never_wait_for_them():
     # the same stream and slack as above, but latency-critical jobs run beside batch work
     # (the CPU lane, which yields at every unit boundary): chunks would only cost time
