@@ -478,8 +478,9 @@ class Engine:
         """Run one request through the scheduler; returns its outputs by name.
 
         ``received_at`` (this engine's clock): when the server began reading the request. A
-        latency-critical request then reports the time it spent outside the scheduler and
-        the device (reading, decoding, the hand-offs to the executor and back) to the
+        latency-critical request then reports the time from then to its answer here, less
+        its time in the scheduler and on the device (waiting for the event loop, reading,
+        decoding, the hand-offs to the executor and back; not encoding the response) to the
         ``deft`` policy, which keeps that much of the SLO free of batch work.
 
         Raises ``ShuttingDown``, ``ModelNotFound``/``ModelNotReady``, ``InvalidInput``,

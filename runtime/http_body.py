@@ -15,8 +15,14 @@ where httptools is installed; elsewhere uvicorn's own choice stays.
 from __future__ import annotations
 
 import logging
+import time
 
 log = logging.getLogger(__name__)
+
+# scope key: time.monotonic() when the server began reading the request (before it waited for
+# the event loop behind other requests' bodies, which is part of a request's time in the
+# server); set by ChunkedBodyProtocol
+RECEIVED_AT = "deft.received_at"
 
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -52,7 +58,12 @@ class BodyParts:
 if HttpToolsProtocol is not None:
 
     class ChunkedBodyProtocol(HttpToolsProtocol):  # type: ignore[misc, valid-type]
-        """uvicorn's httptools protocol, keeping body chunks as the parser made them."""
+        """uvicorn's httptools protocol, keeping body chunks as the parser made them, and
+        noting in the scope when each request began to arrive (``RECEIVED_AT``)."""
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self.scope[RECEIVED_AT] = time.monotonic()  # type: ignore[typeddict-unknown-key]
 
         def on_body(self, body: bytes) -> None:
             cycle = self.cycle

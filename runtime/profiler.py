@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_WARMUP = 2
 DEFAULT_REPEATS = 5
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: CUDA units scaled to a whole-model run
 
 Profile = dict[str, list[float]]
 InputsFor = Callable[[int], Mapping[str, torch.Tensor]]

@@ -8,11 +8,12 @@ measured execution times, no batch work), which also removes the knock-on delay 
 request passes to the next one. Before enough samples exist, the predicted inference delay of
 one job stands in.
 
-A request also spends time outside the device: reading and decoding it, handing it to the
-executor and back, answering it. Where the server reports that time (``on_host_time``), its
-p99 counts against the SLO too: ``solo latency + host time + preemption delay <= SLO``. On a
-GPU, where a small model's compute is a fraction of a millisecond, that time can be most of
-a request's latency, and grows with the load the batch requests put on the server.
+A request also spends time outside the device: waiting for the server to read it, reading
+and decoding it, handing it to the executor and back. Where the server reports that time
+(``on_host_time``), its p99 counts against the SLO too: ``solo latency + host time +
+preemption delay <= SLO``. On a GPU, where a small model's compute is a fraction of a
+millisecond, that time can be most of a request's latency, and grows with the load the
+batch requests put on the server.
 """
 
 from __future__ import annotations

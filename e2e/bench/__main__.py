@@ -559,9 +559,9 @@ def main(argv: list[str] | None = None) -> int:
         "simulator": simulator,
     }
     (raw / "latencies.json").write_text(json.dumps(latencies))
-    (out / "bench.partial.json").unlink(missing_ok=True)
     # the measurements are written first: a failure below must not lose them
     (out / "bench.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / "bench.partial.json").unlink(missing_ok=True)
     result["checks"] = report.checks(result)
     try:
         result["plots"] = make_plots(out, result, latencies)

@@ -270,11 +270,26 @@ def test_a_large_declared_body_is_kept_as_chunks_and_joined_off_the_loop():
     assert joined.dtype == np.uint8 and joined.tobytes() == b"".join(chunks)
     assert not body._chunks  # each chunk let go once copied
     assert bytes(read(total)) == b"".join(chunks)
+    assert body.join() is joined  # joined once; a second call gives the same array
     with pytest.raises(InvalidInput, match="longer"):
         read(total - 1)
     with pytest.raises(InvalidInput, match="shorter"):
         read(total + 1)
     assert read(None) == b"".join(chunks)  # no declared length: joined at the end
+
+
+def test_a_body_sent_a_few_bytes_at_a_time_is_gathered_into_larger_pieces():
+    import asyncio
+
+    from runtime.http import SMALL_CHUNK_BYTES, _read_into
+
+    big = b"B" * (2 * SMALL_CHUNK_BYTES)
+    chunks = [b"a"] * (SMALL_CHUNK_BYTES + 10) + [big, b"z" * 3]
+    total = sum(map(len, chunks))
+    body = asyncio.run(_read_into(_StreamingRequest(chunks, total), total, lambda: None))
+    # thousands of one-byte chunks become two pieces, not thousands of objects
+    assert len(body._chunks) <= 4
+    assert body.join().tobytes() == b"".join(chunks)
 
 
 @pytest.mark.parametrize("length", [None, 60 * 1024 * 1024])

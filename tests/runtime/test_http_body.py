@@ -41,13 +41,18 @@ def test_a_real_uvicorn_server_delivers_every_byte(protocol):
 
     from runtime.http_body import ChunkedBodyProtocol
 
+    from runtime.http_body import RECEIVED_AT
+
     received: list[bytes] = []
+    stamps: list[float] = []
 
     async def app(scope, receive, send):
         if scope["type"] == "lifespan":
             while (await receive())["type"] != "lifespan.shutdown":
                 pass
             return
+        if RECEIVED_AT in scope:
+            stamps.append(scope[RECEIVED_AT])
         body = []
         more = True
         while more:
@@ -79,6 +84,8 @@ def test_a_real_uvicorn_server_delivers_every_byte(protocol):
         server.should_exit = True
         thread.join(10)
     assert received[:3] == [payload] * 3 and received[3] == b""
+    if protocol == "chunked":  # each request noted when it began to arrive
+        assert all(isinstance(t, float) for t in stamps) and stamps == sorted(stamps)
 
 
 def test_install_makes_it_uvicorns_auto_protocol(monkeypatch):
