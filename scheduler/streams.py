@@ -23,6 +23,11 @@ from collections import deque
 from dataclasses import dataclass, field
 
 
+def _p99(values: deque[float]) -> float:
+    ordered = sorted(values.copy())  # copy: another thread may append
+    return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
+
+
 @dataclass
 class StreamState:
     model: str
@@ -42,8 +47,7 @@ class StreamState:
         if len(self.samples) < min_samples:
             return max([self.predicted_solo_s, *self.samples])
         if self._p99 is None or self._since_refresh >= 16:
-            ordered = sorted(self.samples.copy())  # copy: another thread may append
-            self._p99 = ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
+            self._p99 = _p99(self.samples)
             self._since_refresh = 0
         return self._p99
 
@@ -53,8 +57,7 @@ class StreamState:
         if len(self.host_samples) < min_samples:
             return 0.0
         if self._host_p99 is None or self._host_since_refresh >= 16:
-            ordered = sorted(self.host_samples.copy())  # copy: another thread may append
-            self._host_p99 = ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
+            self._host_p99 = _p99(self.host_samples)
             self._host_since_refresh = 0
         return self._host_p99
 
