@@ -41,6 +41,7 @@ class RuntimeConfig:
     batch_slice_ms: float = 20.0
     switch_interval_ms: float | None = None  # None: Python's own (5 ms)
     event_loop: str = "auto"  # auto: uvloop where installed, else asyncio
+    cpu_lane: bool | None = None  # None: on a CPU with a preemptive policy
 
 
 def _positive_float(text: str) -> float:
@@ -89,6 +90,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_nice", type=int, default=0, choices=range(0, 20), metavar="0..19",
                    help="CPU lane with --batch_sched normal: OS nice value of the batch "
                    "executor thread (default 0)")
+    p.add_argument("--cpu_lane", default="auto", choices=("auto", "on", "off"),
+                   help="run latency-critical jobs on a lane of their own beside batch work "
+                   "(auto: on a CPU with a preemptive policy); 'off' runs batch work in "
+                   "chunks between sync points, as on a GPU")
     p.add_argument("--batch_shards", type=int, default=None, metavar="N",
                    help="CPU lane: run a batch job's rows as up to N shards side by side, "
                    "sharing the intra-op threads (default: one per thread; 1: off)")
@@ -180,4 +185,5 @@ def parse_args(argv: list[str]) -> tuple[RuntimeConfig, list[str]]:
         batch_slice_ms=args.batch_slice_ms,
         switch_interval_ms=args.switch_interval_ms,
         event_loop=args.event_loop,
+        cpu_lane={"auto": None, "on": True, "off": False}[args.cpu_lane],
     ), unknown

@@ -114,6 +114,7 @@ def build_engine(cfg: RuntimeConfig, metrics: Metrics) -> tuple[Engine, Path]:
         batch_nice=cfg.batch_nice,
         batch_shards=cfg.batch_shards,
         batch_slice_s=cfg.batch_slice_ms / 1000.0,
+        cpu_lane=cfg.cpu_lane,
         cli_settings=cli,
     )
     return Engine(loader, available, options, metrics), model_dir

@@ -53,3 +53,18 @@ def test_event_loop_flag():
     assert parse_args(["--demo", "--event_loop", "asyncio"])[0].event_loop == "asyncio"
     with pytest.raises(SystemExit):
         parse_args(["--demo", "--event_loop", "trio"])
+
+
+def test_cpu_lane_flag_reaches_the_engine():
+    from prometheus_client import CollectorRegistry
+
+    from runtime.metrics import Metrics
+    from runtime.serve import build_engine
+
+    assert parse_args(["--demo"])[0].cpu_lane is None
+    off = parse_args(["--demo", "--cpu_lane", "off", "--device", "cpu"])[0]
+    assert off.cpu_lane is False
+    engine, _ = build_engine(off, Metrics(CollectorRegistry()))
+    assert not engine.options.lane_enabled() and engine.lc_inbox is None
+    on = parse_args(["--demo", "--cpu_lane", "on", "--device", "cpu"])[0]
+    assert build_engine(on, Metrics(CollectorRegistry()))[0].options.lane_enabled()

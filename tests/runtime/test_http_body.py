@@ -39,9 +39,7 @@ def _free_port() -> int:
 def test_a_real_uvicorn_server_delivers_every_byte(protocol):
     import uvicorn
 
-    from runtime.http_body import ChunkedBodyProtocol
-
-    from runtime.http_body import RECEIVED_AT
+    from runtime.http_body import RECEIVED_AT, ChunkedBodyProtocol
 
     received: list[bytes] = []
     stamps: list[float] = []
