@@ -311,8 +311,7 @@ class Engine:
 
     def _ready_served(self, name: str) -> ServedModel | None:
         entry = self._models.get(name)
-        ready = entry is not None and entry.state is ModelState.READY
-        return entry.served if ready and entry is not None else None
+        return entry.served if entry is not None and entry.state is ModelState.READY else None
 
     def _load_locked(self, name: str) -> ServedModel:
         self._models[name] = _Entry(ModelState.LOADING)

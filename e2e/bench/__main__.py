@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -77,6 +78,7 @@ def stage(name: str, began: float) -> float:
     return seconds
 
 
+@functools.cache  # asked for after every system (the partial results)
 def machine(device: str) -> str:
     import torch
 
