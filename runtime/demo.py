@@ -203,7 +203,8 @@ def _read_stamp(folder: Path) -> dict[str, object] | None:
 
 
 def _atomic_write(target: Path, write: Callable[[Path], object]) -> None:
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    # hidden (no repository lists it), and the suffix kept (torch.export.save checks it)
+    tmp = target.with_name(f".{target.stem}.{os.getpid()}.tmp{target.suffix}")
     try:
         write(tmp)
         os.replace(tmp, target)

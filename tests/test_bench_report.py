@@ -436,6 +436,26 @@ def test_slo_factors_option_and_gpu_defaults():
     assert GPU_MIXES == "pair-poisson"
 
 
+def test_device_bound_plan():
+    from e2e.bench.__main__ import (
+        FACTOR_SYSTEMS,
+        GPU_DEVICE_MIXES,
+        GPU_DEVICE_SYSTEMS,
+        find_mixes,
+        main,
+    )
+    from e2e.bench.workload import load_bench_workload
+
+    labels = [s.label for s in select_systems(GPU_DEVICE_SYSTEMS, gpu=True)]
+    assert labels[0] == "deft:deft" and set(FACTOR_SYSTEMS) <= set(labels)
+    (path,) = find_mixes(GPU_DEVICE_MIXES, quick=False)
+    assert path.parent.name == "gpu" and path not in find_mixes("all", quick=False)
+    wl = load_bench_workload(path)
+    assert set(wl.models) == {"detector", "encoder"}
+    assert [s.latency_critical for s in wl.streams] == [True, False]
+    assert main(["--device_bound"]) == 2  # a plan of --gpu only
+
+
 def test_gpu_controls_start_the_runtime_differently(tmp_path):
     from e2e.bench.systems import SAME_STREAM, SWITCH_SHORT, deft_server
 
@@ -511,3 +531,27 @@ def test_a_run_cut_short_keeps_the_systems_it_finished(tmp_path):
     assert saved["partial"] is True and saved["device"] == "cpu"
     assert saved["systems"] == runs and saved["skipped"] == skipped
     assert saved["predictor"] == {"median_error": 0.05} and "machine" in saved
+
+
+def test_encoder_splits_into_units_that_match_the_whole_model(tmp_path):
+    import torch
+
+    from e2e.bench.models import ENCODER_CONFIG, build_encoder, write_exported
+    from runtime import model_repository as repo
+
+    config = ENCODER_CONFIG.replace("[-1, 512]", "[-1, 32]").replace(
+        "max_batch_size: 64", "max_batch_size: 4")
+    model = build_encoder(vocab=50, width=32, depth=2, heads=4, hidden=64)
+    write_exported(tmp_path / "encoder", "encoder", model, config, version=1)
+    stamp = (tmp_path / "encoder" / ".deft-bench.json").read_text()
+    write_exported(tmp_path / "encoder", "encoder", model, config, version=1)  # kept
+    assert (tmp_path / "encoder" / ".deft-bench.json").read_text() == stamp
+    loaded = repo.load(repo.find(tmp_path, "encoder"), "cpu", profile=False)
+    assert loaded.model.num_units > 4
+    assert loaded.config.inputs[0].datatype == "INT64"
+    # ids beyond the vocabulary are clamped into it, not an index error
+    tokens = torch.tensor([[0, 1, 49, 50, 10_000, -3] * 40 + [7] * 16, list(range(256))])
+    whole = repo.load_program(repo.find(tmp_path, "encoder")).module()(tokens=tokens)
+    (out,) = loaded.model({"tokens": tokens}).values()
+    assert out.shape == (2, 32) and torch.allclose(out, whole, atol=1e-5)
+    assert torch.allclose(out.norm(dim=1), torch.ones(2), atol=1e-5)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e.bench.driver import make_input, resolve_slos
+from e2e.bench.driver import INT_IDS, make_input, resolve_slos
 from e2e.bench.workload import (
     SloSpec,
     arrival_offsets,
@@ -151,8 +151,12 @@ def test_make_input_follows_the_model_spec():
                                        "shape": [-1, 3, 8, 8]}]}
     name, x = make_input(spec, 4, seed=1)
     assert name == "image" and x.shape == (4, 3, 8, 8) and str(x.dtype) == "float32"
-    with pytest.raises(ValueError, match="FP32"):
-        make_input({"name": "t", "inputs": [{"name": "ids", "datatype": "INT64",
+    name, ids = make_input({"name": "t", "inputs": [{"name": "ids", "datatype": "INT64",
+                                                     "shape": [-1, 16]}]}, 2, 0)
+    assert name == "ids" and ids.shape == (2, 16) and str(ids.dtype) == "int64"
+    assert ids.min() >= 0 and ids.max() < INT_IDS and len(set(ids.ravel().tolist())) > 1
+    with pytest.raises(ValueError, match="FP32 and INT64"):
+        make_input({"name": "t", "inputs": [{"name": "m", "datatype": "BOOL",
                                              "shape": [-1, 4]}]}, 1, 0)
 
 

@@ -52,6 +52,11 @@ FULL_SYSTEMS = "deft:deft,triton,kserve,deft:*"
 GPU_SYSTEMS = ("deft:deft,deft:deft/switch-0.25ms,deft:deft/same-stream,deft:layer,kserve,"
                "deft:fifo,deft:priority")
 GPU_MIXES = "pair-poisson"
+# --device_bound: on a GPU the mixes above are bound by the host (HTTP, kernel launches, the
+# interpreter), so preemption shows on a batch model the device bounds; deft and layer at
+# the SLO factors, and deft with stream priorities off
+GPU_DEVICE_MIXES = "encoder-poisson"
+GPU_DEVICE_SYSTEMS = "deft:deft,deft:layer,deft:deft/same-stream"
 # the primary mix again at other latency-critical SLOs (x the reference's solo p99), on these
 # systems: how attainment and batch throughput move with the slack an SLO leaves
 GPU_SLO_FACTORS = "1.1,2"
@@ -102,6 +107,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", action="store_true",
                    help="serve on CUDA; adds Deft with stream priorities off; writes under "
                         "results/gpu/")
+    p.add_argument("--device_bound", action="store_true",
+                   help=f"with --gpu: the device-bound plan (mixes {GPU_DEVICE_MIXES}; "
+                        f"systems {GPU_DEVICE_SYSTEMS}; writes under results/gpu-device/)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="where the servers run (default: cuda with --gpu, else cpu); "
                         "--gpu --device cpu runs the GPU plan on the CPU, to try it out")
@@ -126,18 +134,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def find_mixes(spec: str | None, quick: bool) -> list[Path]:
+    """The mix files ``--mixes`` names: every mix in ``WORKLOADS`` by default (``all``), the
+    first with ``quick``; a name may also be one of the GPU mixes (``WORKLOADS/gpu``)."""
     every = sorted(WORKLOADS.glob("*.json"))
     if not spec:
         return every[:1] if quick else every
     if spec.strip() == "all":
         return every
+    named = every + sorted((WORKLOADS / "gpu").glob("*.json"))
     out = []
     for name in (n.strip() for n in spec.split(",") if n.strip()):
         path = Path(name)
         if not path.is_file():
-            hits = [p for p in every if p.stem == name or p.stem.split("-", 1)[-1] == name]
+            hits = [p for p in named if p.stem == name or p.stem.split("-", 1)[-1] == name]
             if not hits:
-                raise SystemExit(f"no mix {name!r}; choose from {[p.stem for p in every]}")
+                raise SystemExit(f"no mix {name!r}; choose from {[p.stem for p in named]}")
             path = hits[0]
         out.append(path)
     return out
@@ -389,7 +400,11 @@ def main(argv: list[str] | None = None) -> int:
     began = time.monotonic()
     quick, gpu = args.quick, args.gpu
     device = args.device or ("cuda" if gpu else "cpu")
-    out: Path = args.out or (RESULTS / "gpu" if gpu else RESULTS)
+    bound = args.device_bound
+    if bound and not gpu:
+        print("error: --device_bound is a plan of --gpu", file=sys.stderr)
+        return 2
+    out: Path = args.out or (RESULTS / ("gpu-device" if bound else "gpu") if gpu else RESULTS)
     raw, logs, cache = out / "raw", out / "logs", out / "cache"
     for d in (out, raw, logs):
         d.mkdir(parents=True, exist_ok=True)
@@ -401,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(cache, ignore_errors=True)
         cache.mkdir()
     try:
-        default = QUICK_SYSTEMS + (",deft:deft/same-stream" if gpu else "") if quick \
+        default = GPU_DEVICE_SYSTEMS if bound else \
+            QUICK_SYSTEMS + (",deft:deft/same-stream" if gpu else "") if quick \
             else GPU_SYSTEMS if gpu else FULL_SYSTEMS
         systems = select_systems(args.systems or default, gpu)
         factors = parse_factors(args.slo_factors if args.slo_factors is not None
@@ -409,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    mix_spec = args.mixes or (GPU_MIXES if gpu and not quick else None)
+    mix_spec = args.mixes or (GPU_DEVICE_MIXES if bound else
+                              GPU_MIXES if gpu and not quick else None)
     mixes = [load_bench_workload(p) for p in find_mixes(mix_spec, quick)]
     phases = Phases(solo_s=2.0, reference_solo_s=2.5, batch_only_s=2.0, warm_s=0.8,
                     mixed_scale=0.35, probe_requests=30, lc_timeout_s=10.0,
@@ -417,7 +434,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from e2e.bench.models import model_specs, subset_repository, write_bench_repository
 
-    model_dir = args.model_dir or write_bench_repository()
+    model_dir = args.model_dir or write_bench_repository(
+        models={m for wl in mixes for m in wl.models})
     specs = model_specs(model_dir)
     for wl in mixes:
         missing = sorted(set(wl.models) - set(specs))
@@ -538,6 +556,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(device),
         "device": device,
         "gpu": gpu,
+        "device_bound": bound,
         "quick": quick,
         "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "mixes": [{"name": wl.name, "description": wl.description, "duration_s": wl.duration_s,

@@ -70,16 +70,23 @@ class MixResult:
     seconds: float = 0.0
 
 
+INT_IDS = 1000  # integer inputs are ids: below every bench vocabulary
+
+
 def make_input(spec: Mapping, batch_size: int, seed: int) -> tuple[str, np.ndarray]:
-    """The first input of a model spec (``e2e.bench.models.model_specs``) as a random FP32
-    array with ``batch_size`` rows."""
+    """The first input of a model spec (``e2e.bench.models.model_specs``) as a random array
+    with ``batch_size`` rows: FP32 in [0, 1), or INT64 ids below ``INT_IDS`` (token ids)."""
     first = spec["inputs"][0]
     shape = [batch_size if i == 0 and d == -1 else max(int(d), 1)
              for i, d in enumerate(first["shape"])]
-    if first.get("datatype", "FP32") != "FP32":
-        raise ValueError(f"model {spec['name']}: only FP32 inputs are driven, "
-                         f"got {first['datatype']}")
-    return first["name"], np.random.default_rng(seed).random(shape, dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    datatype = first.get("datatype", "FP32")
+    if datatype == "FP32":
+        return first["name"], rng.random(shape, dtype=np.float32)
+    if datatype == "INT64":
+        return first["name"], rng.integers(0, INT_IDS, shape, dtype=np.int64)
+    raise ValueError(f"model {spec['name']}: only FP32 and INT64 inputs are driven, "
+                     f"got {datatype}")
 
 
 def resolve_slos(wl: BenchWorkload, solo_p99_ms: Mapping[int, float]) -> dict[int, float]:

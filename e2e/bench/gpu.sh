@@ -8,6 +8,9 @@
 #   bash e2e/bench/gpu.sh                  # builds two venvs (needs PyPI and the CUDA index)
 #   QUICK=1 bash e2e/bench/gpu.sh          # three systems, short phases (a few minutes)
 #   bash e2e/bench/gpu.sh --mixes all      # every mix, as make bench (longer)
+#   bash e2e/bench/gpu.sh --device_bound   # the device-bound plan: a transformer encoder as
+#                                          # the batch model, deft and layer at 1.5, 1.1 and
+#                                          # 2 x solo p99 (results/gpu-device/, ~6 minutes)
 #
 # A host without network access whose python3 already has CUDA torch (a CUDA image): carry
 # the wheels from `bash e2e/bench/offline_kit.sh` (run where PyPI is reachable) and run

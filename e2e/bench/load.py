@@ -17,12 +17,13 @@ from typing import Any
 
 import numpy as np
 import tritonclient.http as httpclient
+from tritonclient.utils import np_to_triton_dtype
 
 from e2e.bench.stats import completion_rate
 
 
 def make_input(name: str, x: np.ndarray) -> httpclient.InferInput:
-    inp = httpclient.InferInput(name, list(x.shape), "FP32")
+    inp = httpclient.InferInput(name, list(x.shape), np_to_triton_dtype(x.dtype))
     inp.set_data_from_numpy(x, binary_data=True)
     return inp
 

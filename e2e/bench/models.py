@@ -1,12 +1,17 @@
-"""The bench model repository: the two demo models and a third, bench-only model.
+"""The bench model repository: the two demo models and bench-only models.
 
 ``write_bench_repository()`` writes ``<cache>/bench-<torch version>/`` with
 
 - ``detector`` and ``classifier``: the demo models, exactly as ``runtime.demo`` writes them;
 - ``embedder``: a second batch model, a plain VGG-style CNN over Nx3x160x160 images that
   returns an L2-normalised 128-d embedding, batches of up to 8 (about half the classifier's
-  time per batch, with fewer, longer units). Weights come from a fixed seed, so every
-  machine gets the same file; nothing is downloaded.
+  time per batch, with fewer, longer units);
+- ``encoder``, written only when asked for (the GPU mixes): a transformer encoder over 256
+  token ids, batches of up to 64. Its requests are small (128 KiB for 64 rows) and its
+  compute large (about 0.9 TFLOP a batch of 64), so on a GPU the device, not the host,
+  bounds it: the batch model that shows preemption there. On a CPU a batch takes seconds.
+
+Weights come from a fixed seed, so every machine gets the same files; nothing is downloaded.
 
 Every system in the suite (Deft, plain KServe, Triton) serves this folder's ``model.pt2``
 files. A folder already written for the same torch version and definition is kept.
@@ -79,15 +84,81 @@ def build_embedder(seed: int = 0) -> nn.Module:
     return model.eval()
 
 
+ENCODER_VERSION = 1  # bump when the definition below changes
+ENCODER_CONFIG = """\
+# Bench model "encoder": a transformer encoder over 256 token ids (a text model's batch
+# jobs). Small requests, large compute: on a GPU the device bounds it, not the host.
+priority: batch
+max_batch_size: 64
+max_queue_delay_ms: 5
+max_queue_size: 64
+max_units: 16
+inputs:
+  - {name: tokens, datatype: INT64, shape: [-1, 256]}
+outputs:
+  - {name: embedding, datatype: FP32, shape: [-1, 512]}
+"""
+
+
+class EncoderBlock(nn.Module):
+    """Pre-norm self-attention and feed-forward, written out in plain tensor ops (no fused
+    kernels that only one device has), so that the exported graph runs on any device."""
+
+    def __init__(self, width: int, heads: int, hidden: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.qkv, self.out = nn.Linear(width, 3 * width), nn.Linear(width, width)
+        self.up, self.down = nn.Linear(width, hidden), nn.Linear(hidden, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        qkv = self.qkv(self.norm1(x)).reshape(b, n, 3, self.heads, d // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        att = torch.softmax((q @ k.transpose(-2, -1)) * (d // self.heads) ** -0.5, dim=-1)
+        x = x + self.out((att @ v).transpose(1, 2).reshape(b, n, d))
+        return x + self.down(nn.functional.gelu(self.up(self.norm2(x))))
+
+
+class Encoder(nn.Module):
+    """Token and position embeddings, ``depth`` blocks, mean pooling, L2 normalisation. Ids
+    outside the vocabulary are clamped into it: an index error on a GPU would be a device
+    assert that ends the process, not an answer to one bad request."""
+
+    def __init__(self, vocab: int = 8192, seq: int = 256, width: int = 512, depth: int = 8,
+                 heads: int = 8, hidden: int = 2048) -> None:
+        super().__init__()
+        self.vocab = vocab
+        self.embed = nn.Embedding(vocab, width)
+        self.pos = nn.Parameter(torch.randn(seq, width) * 0.02)
+        self.blocks = nn.Sequential(*(EncoderBlock(width, heads, hidden) for _ in range(depth)))
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embed(tokens.clamp(0, self.vocab - 1)) + self.pos
+        x = self.norm(self.blocks(x)).mean(dim=1)
+        return nn.functional.normalize(x, dim=1)
+
+
+def build_encoder(seed: int = 0, **dims: int) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return Encoder(**dims).eval()
+
+
 def default_bench_dir() -> Path:
     root = os.environ.get("DEFT_CACHE_DIR")
     base = Path(root) if root else Path.home() / ".cache" / "deft"
     return base / f"bench-{torch.__version__}"
 
 
-def _write_embedder(folder: Path) -> None:
-    stamp = {"version": EMBEDDER_VERSION, "torch": torch.__version__,
-             "config_sha256": hashlib.sha256(EMBEDDER_CONFIG.encode()).hexdigest()}
+def write_exported(folder: Path, name: str, model: nn.Module, config_text: str,
+                   version: int) -> None:
+    """Export ``model`` (dynamic batch) into ``folder`` with ``config_text`` as its
+    ``config.yaml``; kept as it is when it was written for the same version, torch and
+    config."""
+    stamp = {"version": version, "torch": torch.__version__,
+             "config_sha256": hashlib.sha256(config_text.encode()).hexdigest()}
     try:
         if (folder / "model.pt2").is_file() and \
                 json.loads((folder / _STAMP).read_text()) == stamp:
@@ -95,24 +166,38 @@ def _write_embedder(folder: Path) -> None:
     except (OSError, ValueError):
         pass
     folder.mkdir(parents=True, exist_ok=True)
-    config = ModelConfig.from_dict("embedder", yaml.safe_load(EMBEDDER_CONFIG))
+    config = ModelConfig.from_dict(name, yaml.safe_load(config_text))
     batch = torch.export.Dim("batch", min=1, max=config.max_batch_size)
     with torch.no_grad():
         program = torch.export.export(
-            build_embedder(), (), kwargs=config.example_inputs(2),
-            dynamic_shapes={"image": {0: batch}})
-    tmp = folder / f".model.pt2.{os.getpid()}.tmp"
-    torch.export.save(program, tmp)
-    os.replace(tmp, folder / "model.pt2")
-    (folder / CONFIG_FILE).write_text(EMBEDDER_CONFIG)
+            model, (), kwargs=config.example_inputs(2),
+            dynamic_shapes={t.name: {0: batch} for t in config.inputs})
+    tmp = folder / f".model.{os.getpid()}.tmp.pt2"  # hidden: no repository lists it
+    try:
+        torch.export.save(program, tmp)
+        os.replace(tmp, folder / "model.pt2")
+    finally:
+        tmp.unlink(missing_ok=True)
+    (folder / CONFIG_FILE).write_text(config_text)
     (folder / _STAMP).write_text(json.dumps(stamp))
 
 
-def write_bench_repository(path: Path | None = None) -> Path:
-    """Write (or keep) the bench repository and return its path."""
+# the models written only when a mix names them: name -> writer
+OPTIONAL_MODELS = {
+    "encoder": lambda folder: write_exported(folder, "encoder", build_encoder(),
+                                             ENCODER_CONFIG, ENCODER_VERSION),
+}
+
+
+def write_bench_repository(path: Path | None = None, models: Iterable[str] = ()) -> Path:
+    """Write (or keep) the bench repository and return its path; ``models`` may name
+    optional models (``OPTIONAL_MODELS``) to write as well."""
     root = path or default_bench_dir()
     write_demo_repository(root)
-    _write_embedder(root / "embedder")
+    write_exported(root / "embedder", "embedder", build_embedder(), EMBEDDER_CONFIG,
+                   EMBEDDER_VERSION)
+    for name in sorted(set(models) & set(OPTIONAL_MODELS)):
+        OPTIONAL_MODELS[name](root / name)
     return root
 
 

@@ -281,7 +281,9 @@ def mix_table(result: Mapping[str, Any], mix: Mapping[str, Any]) -> list[str]:
 
 
 def markdown(result: Mapping[str, Any]) -> str:
-    out = [f"# Deft evidence suite{' (GPU)' if result.get('gpu') else ''}", "",
+    plan = " (GPU, device-bound plan)" if result.get("device_bound") else \
+        " (GPU)" if result.get("gpu") else ""
+    out = [f"# Deft evidence suite{plan}", "",
            f"Machine: {result.get('machine', '?')}  ",
            f"Run: {'quick' if result.get('quick') else 'full'}, "
            f"{_f(result.get('seconds'), 0)} s, {result.get('started', '')}", "",

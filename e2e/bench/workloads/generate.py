@@ -2,6 +2,7 @@
 
 Each file is a bench workload (``e2e/bench/workload.py``): DISB-style latency-critical streams
 (periodic, Poisson, a bursty trace) beside closed-loop batch streams, on the bench models.
+``gpu/`` holds mixes for GPUs, chosen by name (``--mixes``).
 The bursty trace is drawn from a fixed seed: bursts of 2-6 requests 1 ms apart, burst starts
 0.4 s apart on average (exponential), so the files are reproducible.
 """
@@ -74,6 +75,26 @@ def main() -> None:
     ]
     for i, mix in enumerate(mixes, 1):
         (HERE / f"{i}-{mix['name']}.json").write_text(json.dumps(mix, indent=1) + "\n")
+    # GPU mixes (gpu/, run by name): a batch model the device bounds, not the host
+    gpu = [
+        {
+            "name": "encoder-poisson",
+            "description": "detector, Poisson 40/s, SLO 1.5 x solo p99, beside a transformer "
+                           "encoder over 256 token ids in batches of 64 from two closed-loop "
+                           "clients (on a GPU: compute-bound)",
+            "duration_s": 20, "seed": 4,
+            "models": {"detector": {}, "encoder": {}},
+            "streams": [
+                {"model": "detector", "priority": "latency-critical", "slo_ms": SLO,
+                 "batch_size": 1, "arrival": {"type": "poisson", "rate_per_s": 40}},
+                {"model": "encoder", "priority": "batch", "batch_size": 64,
+                 "arrival": {"type": "closed", "clients": 2}},
+            ],
+        },
+    ]
+    (HERE / "gpu").mkdir(exist_ok=True)
+    for mix in gpu:
+        (HERE / "gpu" / f"{mix['name']}.json").write_text(json.dumps(mix, indent=1) + "\n")
 
 
 if __name__ == "__main__":
