@@ -432,7 +432,9 @@ def test_slo_factors_option_and_gpu_defaults():
     labels = [s.label for s in select_systems(GPU_SYSTEMS, gpu=True)]
     assert labels[0] == "deft:deft" and set(FACTOR_SYSTEMS) <= set(labels)
     assert "deft:deft/same-stream" in labels and "kserve" in labels
-    assert "deft:deft/switch-0.25ms" in labels
+    assert "deft:deft/switch-0.25ms" not in labels  # selected by name
+    assert [s.label for s in select_systems("deft:deft/switch-0.25ms", gpu=True)] == \
+        ["deft:deft/switch-0.25ms"]
     assert GPU_MIXES == "pair-poisson"
 
 

@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # The evidence suite on an NVIDIA GPU: every server on CUDA, Deft with CUDA stream
-# priorities on and off (e2e/bench/same_stream_runtime.py) and with a 0.25 ms interpreter
-# switch interval, the primary mix on each system and again at tighter and looser SLOs (1.1
-# and 2 x solo p99) on deft and layer. About nine minutes; writes e2e/bench/results/gpu/
-# (bench.partial.json after each system).
+# priorities on and off (e2e/bench/same_stream_runtime.py), the primary mix on each system
+# and again at tighter and looser SLOs (1.1 and 2 x solo p99) on deft and layer. About eight
+# minutes; writes e2e/bench/results/gpu/ (bench.partial.json after each system).
 #
 #   bash e2e/bench/gpu.sh                  # builds two venvs (needs PyPI and the CUDA index)
 #   QUICK=1 bash e2e/bench/gpu.sh          # three systems, short phases (a few minutes)
