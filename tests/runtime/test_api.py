@@ -323,3 +323,63 @@ def test_a_latency_critical_request_over_http_reports_its_server_time():
         engine.stop(1.0)
     # the handler's receipt time reached the engine (a frozen clock: no time outside)
     assert list(engine.scheduler.streams._streams["lc"].host_samples) == [0.0]
+
+
+def test_infer_target_matches_the_infer_routes_only():
+    from runtime.http import infer_target
+
+    assert infer_target("/v2/models/mlp/infer") == ("mlp", None)
+    assert infer_target("/v2/models/mlp/versions/3/infer") == ("mlp", "3")
+    for path in ("/v2/models//infer", "/v2/models/mlp/infer/", "/v2/models/a/b/infer",
+                 "/v2/models/mlp/versions//infer", "/v2/models/mlp/ready", "/v2/models/infer",
+                 "/v2/models/mlp/v/3/infer", "/v1/models/mlp/infer"):
+        assert infer_target(path) is None, path
+
+
+def test_infer_requests_go_around_the_middleware_stack(served):
+    """A middleware of the app (as kserve adds its timing middleware) sees every request but
+    the infer ones, which are answered the same with and without it."""
+    model, module = served
+    engine = make_engine([model], names=["mlp"])
+    engine.start()
+    app = FastAPI()
+    install(app, engine, Limits(max_body_bytes=1 << 20), RepositoryAccess(enabled=True))
+    seen = []
+
+    @app.middleware("http")
+    async def record(request, call_next):
+        seen.append((request.method, request.url.path))
+        return await call_next(request)
+
+    try:
+        with TestClient(app) as c:
+            ok = c.post("/v2/models/mlp/versions/1/infer", content=json_body())
+            assert ok.status_code == 200, ok.text
+            y = np.array(ok.json()["outputs"][0]["data"], dtype=np.float32).reshape(2, 3)
+            np.testing.assert_allclose(y, expected(module, X), rtol=1e-5)
+            assert c.post("/v2/models/nope/infer", content=json_body()).status_code == 404
+            bad = c.post("/v2/models/mlp/infer", content=b"{not json")
+            assert bad.status_code == 400 and "error" in bad.json()
+            # not infer routes: through the stack (a wrong method too, as FastAPI answers it)
+            assert c.get("/v2/models/mlp/infer").status_code == 405
+            slash = c.post("/v2/models/mlp/infer/", content=json_body(), follow_redirects=False)
+            assert slash.status_code == 307  # the router's redirect, as before
+            assert c.get("/v2/health/ready").status_code == 200
+    finally:
+        engine.stop(1.0)
+    assert ("POST", "/v2/models/mlp/versions/1/infer") not in seen
+    assert ("POST", "/v2/models/nope/infer") not in seen
+    assert ("GET", "/v2/models/mlp/infer") in seen and ("GET", "/v2/health/ready") in seen
+    assert ("POST", "/v2/models/mlp/infer/") in seen
+
+
+def test_an_unexpected_error_in_infer_is_a_v2_500(client, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(client.engine, "check_room", broken)
+    r = client.post("/v2/models/mlp/infer", content=json_body())
+    assert r.status_code == 500 and r.json() == {"error": "RuntimeError: boom"}
+    assert client.post("/v2/models/mlp/infer", content=json_body()).status_code == 500
+    monkeypatch.undo()
+    assert client.post("/v2/models/mlp/infer", content=json_body()).status_code == 200
