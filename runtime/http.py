@@ -2,7 +2,8 @@
 
 Routes are registered on the kserve ModelServer's FastAPI app before kserve adds its own, so
 they take precedence for the paths below; kserve keeps serving ``/metrics``, health and the
-rest. Error conditions map to status codes here and only here.
+rest. Infer requests reach their handler ahead of the app's middleware stack
+(``InferFastPath``). Error conditions map to status codes here and only here.
 """
 
 from __future__ import annotations
