@@ -138,6 +138,19 @@ def test_checks_without_peers(result):
     assert report.checks({"mixes": [], "systems": []}) == []
 
 
+def test_checks_name_the_mix_models(result):
+    for r in result["systems"]:
+        for st in r["mixes"][0]["streams"]:
+            st["model"] = {"detector": "det", "classifier": "encoder"}[st["model"]]
+        r["probe"] = {"det": r["probe"]["detector"]}
+    labels = [c["check"] for c in report.checks(result)]
+    assert any(c.startswith("encoder throughput under load") for c in labels)
+    assert any(c.startswith("encoder solo throughput over HTTP") for c in labels)
+    assert "plain kserve det p99 under load >= 20 x deft's" in labels
+    assert "det sequential round trip >= 3 x faster than plain kserve" in labels
+    assert not any("classifier" in c or "detector" in c for c in labels)
+
+
 def test_bench_json_shape_and_markdown(result):
     result["checks"] = report.checks(result)
     assert report.shape_errors(result) == []

@@ -162,39 +162,42 @@ def checks(result: Mapping[str, Any]) -> list[dict[str, Any]]:
             att, att is not None and att >= 0.99)
     if deft and primary:
         legacy = result.get("legacy", {})
+        batch = next((s["model"] for m in deft.get("mixes", []) if m["mix"] == primary
+                      for s in m["streams"] if s.get("priority") == "batch"), "batch model")
         solo = batch_items_per_s(deft, primary, solo=True)
         mixed = batch_items_per_s(deft, primary)
         share = legacy.get("device_share_left")
         if solo and mixed is not None and share:
-            add(f"classifier throughput under load >= 85% x solo x device share left "
+            add(f"{batch} throughput under load >= 85% x solo x device share left "
                 f"({share:.3f})", mixed / (solo * share), mixed >= 0.85 * solo * share)
         overhead = legacy.get("serving_overhead") or {}
         compute = legacy.get("classifier_in_process_items_per_s")
         if overhead.get("ratio") is not None:
-            add("classifier solo throughput over HTTP >= 90% of in-process compute "
+            add(f"{batch} solo throughput over HTTP >= 90% of in-process compute "
                 "(alternating windows)", overhead["ratio"], overhead["ratio"] >= 0.9)
         elif solo and compute:
-            add("classifier solo throughput over HTTP >= 90% of in-process compute",
+            add(f"{batch} solo throughput over HTTP >= 90% of in-process compute",
                 solo / compute, solo / compute >= 0.9)
     if lc is not None and kserve is not None:
         other = lc_stream(kserve, primary)
         r = ratio(other and other.get("p99_ms"), lc.get("p99_ms"))
-        add("plain kserve detector p99 under load >= 20 x deft's", r,
+        add(f"plain kserve {lc['model']} p99 under load >= 20 x deft's", r,
             r is not None and r >= 20)
         dp = (deft.get("probe") or {}).get(lc["model"], {}).get("p50_ms")
         kp = (kserve.get("probe") or {}).get(lc["model"], {}).get("p50_ms")
         r = ratio(kp, dp)
         if r is not None:
-            add("detector sequential round trip >= 3 x faster than plain kserve", r, r >= 3)
+            add(f"{lc['model']} sequential round trip >= 3 x faster than plain kserve", r,
+                r >= 3)
     if lc is not None and tritons:
         best = None
         for t in tritons:
             st = lc_stream(t, primary)
             r = ratio(st and st.get("p99_ms"), lc.get("p99_ms"))
-            add(f"{t['label']} detector p99 under load / deft's (target >= 2)", r,
+            add(f"{t['label']} {lc['model']} p99 under load / deft's (target >= 2)", r,
                 r is not None and r >= 2)
             best = r if best is None or (r is not None and r < best) else best
-        add("deft detector p99 >= 2 x lower than Triton's (best Triton variant)", best,
+        add(f"deft {lc['model']} p99 >= 2 x lower than Triton's (best Triton variant)", best,
             best is not None and best >= 2)
         paired = (result.get("paired") or {}).get("systems") or {}
         mine_paired = (paired.get(REFERENCE) or {}).get("batch_items_per_s_median")
