@@ -41,6 +41,7 @@ class RuntimeConfig:
     batch_slice_ms: float = 20.0
     switch_interval_ms: float | None = None  # None: Python's own (5 ms)
     event_loop: str = "auto"  # auto: uvloop where installed, else asyncio
+    access_log: bool = True  # uvicorn's line per HTTP request
     cpu_lane: bool | None = None  # None: on a CPU with a preemptive policy
 
 
@@ -108,6 +109,9 @@ def _parser() -> argparse.ArgumentParser:
                    "own, 5)")
     p.add_argument("--event_loop", default="auto", choices=("auto", "uvloop", "asyncio"),
                    help="the HTTP server's event loop (default auto: uvloop where installed)")
+    p.add_argument("--access_log", default="on", choices=("on", "off"),
+                   help="log a line per HTTP request (the web server's access log); 'off' "
+                   "for request rates where that is more log than anyone reads")
     p.add_argument("--grace_period", type=int, default=30, help="seconds to drain on SIGTERM")
     p.add_argument("--retry_after_s", type=float, default=1.0)
     p.add_argument("--priority", default=None, choices=[x.value for x in Priority],
@@ -185,5 +189,6 @@ def parse_args(argv: list[str]) -> tuple[RuntimeConfig, list[str]]:
         batch_slice_ms=args.batch_slice_ms,
         switch_interval_ms=args.switch_interval_ms,
         event_loop=args.event_loop,
+        access_log=args.access_log == "on",
         cpu_lane={"auto": None, "on": True, "off": False}[args.cpu_lane],
     ), unknown

@@ -458,6 +458,15 @@ class InferFastPath:
         await response(scope, receive, send)
 
 
+ACCESS_LOGGER = "uvicorn.access"
+
+
+def quiet_access_log() -> None:
+    """No line per request from the web server (``--access_log off``): the logger stays, at
+    WARNING, so each request costs it one level check on the event loop."""
+    logging.getLogger(ACCESS_LOGGER).setLevel(logging.WARNING)
+
+
 def install(app: FastAPI, engine: Engine, limits: Limits, access: RepositoryAccess) -> None:
     """Put Deft's routes and v2 error mapping on ``app`` (before kserve adds its routes and
     middlewares), and ``InferFastPath`` in front of its middleware stack."""

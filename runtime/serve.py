@@ -22,7 +22,7 @@ from runtime.config import RuntimeConfig
 from runtime.engine import Engine, EngineOptions, ServedModel
 from runtime.errors import ModelLoadError
 from runtime.heap import reclaim_heap, settle_heap
-from runtime.http import RepositoryAccess, install
+from runtime.http import RepositoryAccess, install, quiet_access_log
 from runtime.kserve_model import DeftModel
 from runtime.metrics import Metrics
 from runtime.priorities import PriorityFileWatcher
@@ -183,6 +183,8 @@ def main(cfg: RuntimeConfig) -> int:
         grace_period=cfg.grace_period_s,
         workers=1,
     )
+    if not cfg.access_log:  # after the ModelServer configured logging
+        quiet_access_log()
     if cfg.enable_grpc:
         stop_grpc_at_signal(server)
     log.info("event loop: %s", use_event_loop(cfg.event_loop))

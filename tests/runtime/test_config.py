@@ -68,3 +68,22 @@ def test_cpu_lane_flag_reaches_the_engine():
     assert not engine.options.lane_enabled() and engine.lc_inbox is None
     on = parse_args(["--demo", "--cpu_lane", "on", "--device", "cpu"])[0]
     assert build_engine(on, Metrics(CollectorRegistry()))[0].options.lane_enabled()
+
+
+def test_access_log_flag():
+    import logging
+
+    from runtime.http import ACCESS_LOGGER, quiet_access_log
+
+    assert parse_args(["--demo"])[0].access_log is True
+    assert parse_args(["--demo", "--access_log", "off"])[0].access_log is False
+    with pytest.raises(SystemExit):
+        parse_args(["--demo", "--access_log", "maybe"])
+    logger = logging.getLogger(ACCESS_LOGGER)
+    before = logger.level
+    try:
+        logger.setLevel(logging.INFO)
+        quiet_access_log()
+        assert not logger.isEnabledFor(logging.INFO) and logger.isEnabledFor(logging.WARNING)
+    finally:
+        logger.setLevel(before)
