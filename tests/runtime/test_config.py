@@ -73,17 +73,21 @@ def test_cpu_lane_flag_reaches_the_engine():
 def test_access_log_flag():
     import logging
 
-    from runtime.http import ACCESS_LOGGER, quiet_access_log
+    from runtime.http import ACCESS_LOGGERS, quiet_access_log
 
     assert parse_args(["--demo"])[0].access_log is True
     assert parse_args(["--demo", "--access_log", "off"])[0].access_log is False
     with pytest.raises(SystemExit):
         parse_args(["--demo", "--access_log", "maybe"])
-    logger = logging.getLogger(ACCESS_LOGGER)
-    before = logger.level
+    loggers = [logging.getLogger(name) for name in ACCESS_LOGGERS]
+    before = [logger.level for logger in loggers]
     try:
-        logger.setLevel(logging.INFO)
+        for logger in loggers:
+            logger.setLevel(logging.INFO)
         quiet_access_log()
-        assert not logger.isEnabledFor(logging.INFO) and logger.isEnabledFor(logging.WARNING)
+        for logger in loggers:
+            assert not logger.isEnabledFor(logging.INFO)
+            assert logger.isEnabledFor(logging.WARNING)
     finally:
-        logger.setLevel(before)
+        for logger, level in zip(loggers, before, strict=True):
+            logger.setLevel(level)
