@@ -321,10 +321,13 @@ def infer_handler(engine: Engine, limits: Limits) -> Callable[..., Awaitable[Res
 
 
 def build_router(
-    engine: Engine, limits: Limits, access: RepositoryAccess | None = None
+    engine: Engine, limits: Limits, access: RepositoryAccess | None = None,
+    infer: Callable[..., Awaitable[Response]] | None = None,
 ) -> APIRouter:
-    """The v2 routes Deft serves itself (infer, metadata, readiness, repository)."""
+    """The v2 routes Deft serves itself (infer, metadata, readiness, repository); ``infer``:
+    the infer handler, when the caller has made it (``infer_handler``)."""
     access = access or RepositoryAccess()
+    infer = infer or infer_handler(engine, limits)
     router = APIRouter()
 
     @_guard
@@ -398,7 +401,6 @@ def build_router(
     add("/v2/models/{model_name}/versions/{model_version}", model_metadata, methods=["GET"])
     add("/v2/models/{model_name}/ready", model_ready, methods=["GET"])
     add("/v2/models/{model_name}/versions/{model_version}/ready", model_ready, methods=["GET"])
-    infer = infer_handler(engine, limits)
     add("/v2/models/{model_name}/infer", infer, methods=["POST"])
     add("/v2/models/{model_name}/versions/{model_version}/infer", infer, methods=["POST"])
     add("/v2/repository/index", repository_index, methods=["POST"])
@@ -473,8 +475,8 @@ def quiet_access_log() -> None:
 def install(app: FastAPI, engine: Engine, limits: Limits, access: RepositoryAccess) -> None:
     """Put Deft's routes and v2 error mapping on ``app`` (before kserve adds its routes and
     middlewares), and ``InferFastPath`` in front of its middleware stack."""
-    app.include_router(build_router(engine, limits, access))
     infer = infer_handler(engine, limits)
+    app.include_router(build_router(engine, limits, access, infer))
     build = app.build_middleware_stack  # called once, at the app's first request
 
     def build_with_fast_path() -> ASGIApp:

@@ -20,12 +20,39 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 
-def _p99(values: deque[float]) -> float:
-    ordered = sorted(values.copy())  # copy: another thread may append
-    return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
+class RecentSamples:
+    """The last ``maxlen`` samples of a duration and their p99, recomputed once 16 new ones
+    have come (the deft policy asks for it at every sync point). Any thread may append;
+    readers copy before sorting or iterating."""
+
+    def __init__(self, maxlen: int = 512) -> None:
+        self._values: deque[float] = deque(maxlen=maxlen)
+        self._p99: float | None = None
+        self._new = 0
+
+    def append(self, value: float) -> None:
+        self._values.append(value)
+        self._new += 1
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __iter__(self) -> Iterator[float]:
+        return iter(self.values())
+
+    def values(self) -> list[float]:
+        return list(self._values.copy())
+
+    def p99(self) -> float:
+        if self._p99 is None or self._new >= 16:
+            ordered = sorted(self.values())
+            self._p99 = ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
+            self._new = 0
+        return self._p99
 
 
 @dataclass
@@ -35,31 +62,21 @@ class StreamState:
     predicted_solo_s: float
     last_arrival: float = -math.inf
     arrivals: deque[float] = field(default_factory=lambda: deque(maxlen=256))
-    samples: deque[float] = field(default_factory=lambda: deque(maxlen=512))
+    samples: RecentSamples = field(default_factory=RecentSamples)
     virtual_free_at: float = -math.inf
-    host_samples: deque[float] = field(default_factory=lambda: deque(maxlen=512))
-    _p99: float | None = None
-    _since_refresh: int = 0
-    _host_p99: float | None = None
-    _host_since_refresh: int = 0
+    host_samples: RecentSamples = field(default_factory=RecentSamples)
 
     def solo_p99(self, min_samples: int) -> float:
         if len(self.samples) < min_samples:
-            return max([self.predicted_solo_s, *self.samples])
-        if self._p99 is None or self._since_refresh >= 16:
-            self._p99 = _p99(self.samples)
-            self._since_refresh = 0
-        return self._p99
+            return max([self.predicted_solo_s, *self.samples.values()])
+        return self.samples.p99()
 
     def host_p99(self, min_samples: int) -> float:
         """p99 of the time recent requests spent in the server outside the device (0 until
         ``min_samples`` are reported: a server that reports none is budgeted as before)."""
         if len(self.host_samples) < min_samples:
             return 0.0
-        if self._host_p99 is None or self._host_since_refresh >= 16:
-            self._host_p99 = _p99(self.host_samples)
-            self._host_since_refresh = 0
-        return self._host_p99
+        return self.host_samples.p99()
 
     def slack(self, min_samples: int) -> float:
         """How long a request may wait for batch work and still meet the SLO."""
@@ -104,7 +121,6 @@ class LatencyCriticalStreams:
             start = max(arrival, st.virtual_free_at)
             st.virtual_free_at = start + service_s
             st.samples.append(st.virtual_free_at - arrival)
-            st._since_refresh += 1
 
     def on_host_time(self, model: str, seconds: float) -> None:
         """A request of ``model`` spent ``seconds`` in the server outside the device (any
@@ -112,7 +128,6 @@ class LatencyCriticalStreams:
         st = self._streams.get(model)
         if st is not None:
             st.host_samples.append(max(0.0, seconds))
-            st._host_since_refresh += 1
 
     def active(self, now: float) -> list[StreamState]:
         return [s for s in self._streams.values() if now - s.last_arrival <= self.active_window_s]
