@@ -185,7 +185,7 @@ class DeftPolicy(_Preemptive):
     def __init__(self, ctx: PolicyContext) -> None:
         super().__init__()
         self.ctx = ctx
-        self._job_budget: dict[int, tuple[int, float]] = {}
+        self._job_budget: dict[int, tuple[tuple[object, ...], float]] = {}
 
     def _durations(self, job: Job) -> tuple[float, ...] | None:
         profile = self.ctx.profiles.get(job.model)
@@ -214,13 +214,14 @@ class DeftPolicy(_Preemptive):
 
     def budget_for(self, job: Job, now: float) -> float:
         streams = self.ctx.streams
+        key = streams.state_key(now)
         cached = self._job_budget.get(job.id)
-        if cached is not None and cached[0] == streams.version:
+        if cached is not None and cached[0] == key:
             return cached[1]
         budget = streams.budget(now)
         if job.deadline is not None and not math.isinf(budget):
             budget = self._budget_for_deadline(job, budget, now)
-        self._job_budget[job.id] = (streams.version, budget)
+        self._job_budget[job.id] = (key, budget)
         return budget
 
     def _budget_for_deadline(self, job: Job, base: float, now: float) -> float:

@@ -33,10 +33,12 @@ class RecentSamples:
         self._values: deque[float] = deque(maxlen=maxlen)
         self._p99: float | None = None
         self._new = 0
+        self.appended = 0  # every sample ever appended (the last ``maxlen`` are kept)
 
     def append(self, value: float) -> None:
         self._values.append(value)
         self._new += 1
+        self.appended += 1
 
     def __len__(self) -> int:
         return len(self._values)
@@ -98,7 +100,7 @@ class LatencyCriticalStreams:
         self.active_window_s = active_window_s
         self.min_samples = min_samples
         self._streams: dict[str, StreamState] = {}
-        self.version = 0  # bumps when the set of active streams or an SLO changes
+        self.version = 0  # bumps when a stream turns active again or an SLO changes
 
     def on_arrival(self, model: str, slo_s: float, predicted_solo_s: float, now: float) -> None:
         st = self._streams.get(model)
@@ -128,6 +130,13 @@ class LatencyCriticalStreams:
         st = self._streams.get(model)
         if st is not None:
             st.host_samples.append(max(0.0, seconds))
+
+    def state_key(self, now: float) -> tuple[object, ...]:
+        """Equal for two moments whose ``budget`` may be taken as the same: the same
+        streams active, the same SLOs, no new solo or server-time sample since. A cached
+        budget is good while this key stays the same."""
+        return (self.version, tuple((s.model, s.samples.appended, s.host_samples.appended)
+                                    for s in self.active(now)))
 
     def active(self, now: float) -> list[StreamState]:
         return [s for s in self._streams.values() if now - s.last_arrival <= self.active_window_s]

@@ -282,6 +282,27 @@ def test_deft_keeps_the_server_time_it_is_told_of_free_of_batch_work():
     s.streams.on_host_time("nobody", 1.0)  # a model that is no stream: ignored
 
 
+def test_deft_follows_what_it_learns_of_the_stream_while_a_batch_job_runs():
+    # the stream and slack above; the batch job starts before any server time is reported
+    s = make_scheduler("deft", {"b": [1e-3] * 10, "lc": [1e-3]}, sync=0.1e-3)
+    _run_one_latency_critical_job(s, slo=3.5e-3, took=1.1e-3)
+    b = make_job("b", BATCH, arrival=1.1e-3, units=10)
+    s.submit(b)
+    _, d = s.decide(1.1e-3)
+    assert (d.start, d.end) == (0, 2)  # 2.4 ms of slack: two units per chunk
+    s.chunk_done(d, 1.1e-3, 3.1e-3)
+    # mid-job, the server reports 1.2 ms outside the device per request: 1.2 ms of slack
+    for _ in range(s.streams.min_samples):
+        s.streams.on_host_time("lc", 1.2e-3)
+    _, d = s.decide(3.1e-3)
+    assert (d.start, d.end) == (2, 3)
+    s.chunk_done(d, 3.1e-3, 4.1e-3)
+    # the stream falls quiet (no arrival for longer than the active window): whole
+    quiet = 1.1e-3 + s.streams.active_window_s + 1e-3
+    _, d = s.decide(quiet)
+    assert (d.start, d.end) == (3, 10)
+
+
 def test_deft_runs_batch_jobs_whole_where_latency_critical_jobs_never_wait_for_them():
     # the same stream and slack as above, but latency-critical jobs run beside batch work
     # (the CPU lane, which yields at every unit boundary): chunks would only cost time
