@@ -42,6 +42,7 @@ class RuntimeConfig:
     switch_interval_ms: float | None = None  # None: Python's own (5 ms)
     event_loop: str = "auto"  # auto: uvloop where installed, else asyncio
     access_log: bool = True  # uvicorn's line per HTTP request
+    calibration: bool = True  # plans follow the measured speed of batch chunks
     cpu_lane: bool | None = None  # None: on a CPU with a preemptive policy
 
 
@@ -102,6 +103,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="while two or more batch models have work, a batch job runs at most "
                    "this long before the device may pass to another batch model with less "
                    "device time used (preemptive policies; default 20)")
+    p.add_argument("--calibration", default="on", choices=("on", "off"),
+                   help="scale each model's profile by how long its batch chunks measure "
+                   "against it, so that plans follow the device's speed as it drifts "
+                   "(default on; 'off' plans with the profile as measured at load)")
     p.add_argument("--switch_interval_ms", type=_positive_float, default=None, metavar="MS",
                    help="the Python interpreter's thread switch interval: the longest a "
                    "serving thread waits for the interpreter lock while the executor thread "
@@ -190,5 +195,6 @@ def parse_args(argv: list[str]) -> tuple[RuntimeConfig, list[str]]:
         switch_interval_ms=args.switch_interval_ms,
         event_loop=args.event_loop,
         access_log=args.access_log == "on",
+        calibration=args.calibration == "on",
         cpu_lane={"auto": None, "on": True, "off": False}[args.cpu_lane],
     ), unknown

@@ -134,6 +134,9 @@ class EngineOptions:
     # while two or more batch models have work, a batch chunk lasts at most this long
     # (scheduler.core.Scheduler's batch_slice_s)
     batch_slice_s: float = 0.02
+    # scale each model's profile by how fast its batch chunks measure against it
+    # (scheduler.calibration): plans follow the device's speed as it is, not as profiled
+    calibrate: bool = True
 
     def batch_idle(self) -> bool:
         """Whether batch work runs under SCHED_IDLE beside the lane."""
@@ -182,10 +185,12 @@ class Engine:
             # batch unit to end: splitting batches would only cost throughput
             split_batches=not options.batch_idle(),
             batch_slice_s=options.batch_slice_s,
+            calibrate=options.calibrate,
         )
         self.inbox = ThreadInbox(self.clock)
         self.inbox.on_cancelled = self._on_cancelled
-        self.listener = ResultListener(metrics, self.clock)
+        self.listener = ResultListener(
+            metrics, self.clock, self.scheduler.measured_speed if options.calibrate else None)
         self.gate = BatchGate(self.clock) if lane else None
         self.shards = self._shard_pool(options) if lane else None
         self.device_runner = TorchDevice(
@@ -209,7 +214,8 @@ class Engine:
             self.lc_scheduler = Scheduler(
                 options.policy, options.costs, streams=self.scheduler.streams,
                 batching=self._batch_limit,
-                # beside running batch work, measured times are not solo times
+                # beside running batch work, measured times are not solo times (nor are
+                # they the profile's speed: the lane's scheduler is not calibrated)
                 solo_from_profile=True,
             )
             self.lc_inbox = ThreadInbox(self.clock)

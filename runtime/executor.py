@@ -156,6 +156,7 @@ class BatchGate:
         self._cond = threading.Condition()
         self._active = 0
         self._closed_at = 0.0
+        self._closed_total = 0.0  # seconds the gate was closed, up to the last opening
 
     def enter(self) -> None:
         with self._cond:
@@ -165,9 +166,20 @@ class BatchGate:
 
     def leave(self, n: int = 1) -> None:
         with self._cond:
+            was = self._active
             self._active = max(0, self._active - n)
             if self._active == 0:
+                if was:
+                    self._closed_total += self.clock.now() - self._closed_at
                 self._cond.notify_all()
+
+    def closed_seconds(self) -> float:
+        """How long the gate has been closed in all (latency-critical work active): the
+        difference over a batch chunk is the time the chunk yielded to the lane."""
+        with self._cond:
+            if self._active:
+                return self._closed_total + self.clock.now() - self._closed_at
+            return self._closed_total
 
     @property
     def closed(self) -> bool:
@@ -275,7 +287,14 @@ class TorchDevice:
             self._lc_stream = torch.cuda.Stream(device=device, priority=-1)
             self._batch_stream = torch.cuda.Stream(device=device, priority=0)
 
-    def run_chunk(self, chunk: RunChunk) -> None:
+    def run_chunk(self, chunk: RunChunk) -> float | None:
+        """Run ``chunk``; returns how long it yielded to the CPU lane (None: not beside it)."""
+        gate = None if chunk.job.latency_critical else self.gate
+        closed = gate.closed_seconds() if gate is not None else 0.0
+        self._run_chunk(chunk)
+        return gate.closed_seconds() - closed if gate is not None else None
+
+    def _run_chunk(self, chunk: RunChunk) -> None:
         job = chunk.job
         served = self._lookup(job.model)
         if served is None:
@@ -431,9 +450,13 @@ def _concat(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
 class ResultListener:
     """Answers requests when their jobs end; records per-chunk metrics (``Listener``)."""
 
-    def __init__(self, metrics: Metrics, clock: Clock) -> None:
+    def __init__(
+        self, metrics: Metrics, clock: Clock, speed: Callable[[str], float | None] | None = None
+    ) -> None:
         self.metrics = metrics
         self.clock = clock
+        # a model's measured speed against its profile (None: not measured enough yet)
+        self.speed = speed
 
     def on_chunk(self, done: ChunkDone, chunk: RunChunk) -> None:
         job = done.job
@@ -441,6 +464,9 @@ class ResultListener:
         self.metrics.device_busy.labels(job.model, label).inc(done.t1 - done.t0)
         if not job.latency_critical:
             self.metrics.sync_interval.labels(job.model).set(done.end - done.start)
+        ratio = self.speed(job.model) if self.speed is not None else None
+        if ratio is not None:
+            self.metrics.speed_ratio.labels(job.model).set(ratio)
         if chunk.preempted is not None:
             p = chunk.preempted
             self.metrics.preemptions.labels(p.model, p.priority.value).inc()

@@ -41,6 +41,12 @@ class Metrics:
             "deft_sync_interval_units",
             "Units per chunk in the model's most recent chunk (the sync interval in use).",
             ("model",), registry=r)
+        self.speed_ratio = Gauge(
+            "deft_profile_speed_ratio",
+            "How long the model's chunks take against its profile's prediction (median of "
+            "recent chunks; 1: as profiled, 1.3: 30% slower). The policies plan with the "
+            "profile scaled by it. Not set before a few chunks were measured, nor for "
+            "chunks on the CPU lane.", ("model",), registry=r)
         self.requests = Counter(
             "deft_requests_total", "Requests by outcome (ok, rejected, failed, refused, "
             "timeout, cancelled).", ("model", "priority", "outcome"), registry=r)

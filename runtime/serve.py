@@ -115,6 +115,7 @@ def build_engine(cfg: RuntimeConfig, metrics: Metrics) -> tuple[Engine, Path]:
         batch_shards=cfg.batch_shards,
         batch_slice_s=cfg.batch_slice_ms / 1000.0,
         cpu_lane=cfg.cpu_lane,
+        calibrate=cfg.calibration,
         cli_settings=cli,
     )
     return Engine(loader, available, options, metrics), model_dir

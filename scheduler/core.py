@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from scheduler.calibration import SpeedCalibration
 from scheduler.job import Decision, Job, Reject, RunChunk, Wait
 from scheduler.policies import Policy, PolicyContext, make_policy
 from scheduler.predictor import Predictor
@@ -44,6 +45,10 @@ class Scheduler:
     job queued, started and unfinished, or arrived within the last ``active_window_s``), a
     batch job's chunk lasts at most this long (predicted; at least one unit), so that batch
     models take turns on the device by device time instead of job by job.
+    ``calibrate``: scale each model's profile by how fast its chunks measure against it
+    (``scheduler.calibration``); ``profiles`` then holds the scaled profiles the policies
+    plan with, ``profiled`` the profiles as given. Off in the simulator, whose device runs
+    exactly at the profile's speed.
 
     Callers: ``submit``/``cancel`` when work arrives or leaves; ``decide`` to get the next
     decision; ``chunk_done``/``chunk_failed`` after the device ran a chunk. Guarantees:
@@ -64,6 +69,7 @@ class Scheduler:
         split_batches: bool = True,
         batch_slice_s: float = 0.02,
         active_window_s: float = 1.0,
+        calibrate: bool = False,
     ) -> None:
         self.batch_slice_s = batch_slice_s
         self.active_window_s = active_window_s
@@ -72,6 +78,8 @@ class Scheduler:
         self._solo_from_profile = solo_from_profile
         self.predictor = Predictor(costs or DeviceCosts())
         self.profiles: dict[str, Profile] = {}
+        self.profiled: dict[str, Profile] = {}
+        self.calibration = SpeedCalibration() if calibrate else None
         self.settings: dict[str, ModelSettings] = {}
         self.streams = streams or LatencyCriticalStreams()
         self.policy: Policy = make_policy(
@@ -87,13 +95,34 @@ class Scheduler:
 
     def set_model(self, name: str, settings: ModelSettings, profile: Profile | None) -> None:
         self.settings[name] = settings
-        if profile is not None:
-            self.profiles[name] = profile
+        if profile is None:
+            return
+        calibration = self.calibration
+        if calibration is not None and self.profiled.get(name, profile) != profile:
+            calibration.forget(name)  # a new profile: what was measured against the old goes
+        self.profiled[name] = profile
+        factor = calibration.factor(name) if calibration is not None else 1.0
+        self.profiles[name] = profile if factor == 1.0 else profile.scaled(factor)
 
     def remove_model(self, name: str) -> None:
         self.settings.pop(name, None)
         self.profiles.pop(name, None)
+        self.profiled.pop(name, None)
         self._batch_seen.pop(name, None)
+        if self.calibration is not None:
+            self.calibration.forget(name)
+
+    def speed_factor(self, model: str) -> float:
+        """How much slower (> 1) or faster (< 1) than its profile ``model`` runs now, as
+        the policies plan with it (1.0 without calibration)."""
+        return self.calibration.factor(model) if self.calibration is not None else 1.0
+
+    def measured_speed(self, model: str) -> float | None:
+        """``speed_factor`` once enough of ``model``'s chunks were measured, else None."""
+        c = self.calibration
+        if c is None or c.chunks(model) < c.min_samples:
+            return None
+        return c.factor(model)
 
     def predicted_solo(self, model: str, batch_size: int) -> float:
         profile = self.profiles.get(model)
@@ -235,9 +264,14 @@ class Scheduler:
         self.policy.on_start(job, now)
         return job
 
-    def chunk_done(self, decision: RunChunk, t0: float, t1: float) -> ChunkDone:
-        """Record that the device ran ``decision``'s chunk from ``t0`` to ``t1``."""
+    def chunk_done(
+        self, decision: RunChunk, t0: float, t1: float, paused: float = 0.0
+    ) -> ChunkDone:
+        """Record that the device ran ``decision``'s chunk from ``t0`` to ``t1``; for
+        ``paused`` seconds of that it waited for other work (the CPU lane)."""
         job = decision.job
+        if self.calibration is not None:
+            self._calibrate(decision, t1 - t0 - paused)
         job.next_unit = decision.end
         job.sync_points += 1
         elapsed = t1 - t0
@@ -261,6 +295,18 @@ class Scheduler:
                     service = self.predicted_solo(job.model, job.batch_size)
                 self.streams.on_completion(job.model, job.arrival, service)
         return ChunkDone(job, decision.start, decision.end, t0, t1, finished)
+
+    def _calibrate(self, decision: RunChunk, measured: float) -> None:
+        job = decision.job
+        profile = self.profiled.get(job.model)
+        if profile is None or self.calibration is None:
+            return
+        d = self.predictor.flat_durations(profile, job.batch_size, job.micro_batches)
+        predicted = self.predictor.chunk_time(d, decision.start, decision.end)
+        if self.calibration.observe(job.model, predicted, measured):
+            factor = self.calibration.factor(job.model)
+            self.profiles[job.model] = profile.scaled(factor)
+            log.info("%s runs at %.2f x its profile's durations", job.model, factor)
 
     def chunk_failed(self, decision: RunChunk) -> None:
         """The device raised while running ``decision``: the job is dropped."""

@@ -15,9 +15,11 @@ log = logging.getLogger(__name__)
 
 
 class Device(Protocol):
-    """Runs chunks. ``run_chunk`` returns once the chunk has reached its sync point."""
+    """Runs chunks. ``run_chunk`` returns once the chunk has reached its sync point, with
+    how many seconds of it were spent waiting for other work rather than running the chunk
+    (None: none)."""
 
-    def run_chunk(self, chunk: RunChunk) -> None: ...
+    def run_chunk(self, chunk: RunChunk) -> float | None: ...
 
 
 class Inbox(Protocol):
@@ -77,14 +79,14 @@ class ExecutorLoop:
             return self.inbox.wait(decision.until)
         t0 = self.clock.now()
         try:
-            self.device.run_chunk(decision)
+            paused = self.device.run_chunk(decision)
         except Exception as exc:  # the model failed: only this job fails
             log.warning("job %r failed: %s", decision.job, exc)
             scheduler.chunk_failed(decision)
             self.listener.on_fail(decision.job, exc, self.clock.now())
             return True
         t1 = self.clock.now()
-        done = scheduler.chunk_done(decision, t0, t1)
+        done = scheduler.chunk_done(decision, t0, t1, paused or 0.0)
         self.listener.on_chunk(done, decision)
         if done.finished:
             self.listener.on_complete(decision.job, t1)

@@ -62,6 +62,10 @@ class Profile:
     def to_us(self) -> dict[str, list[float]]:
         return {str(bs): [round(d * 1e6, 3) for d in self.by_batch[bs]] for bs in self._sizes}
 
+    def scaled(self, factor: float) -> Profile:
+        """The same profile with every duration multiplied by ``factor``."""
+        return Profile({bs: tuple(d * factor for d in v) for bs, v in self.by_batch.items()})
+
     @property
     def num_units(self) -> int:
         return len(self.by_batch[self._sizes[0]])

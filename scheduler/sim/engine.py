@@ -66,7 +66,7 @@ class SimDevice:
         if t is None:
             predictor = self.scheduler.predictor
             durations = predictor.flat_durations(
-                self.scheduler.profiles[job.model], job.batch_size, job.micro_batches
+                self.scheduler.profiled[job.model], job.batch_size, job.micro_batches
             )
             t = predictor.chunk_time(durations, chunk.start, chunk.end)
             self._times[key] = t
@@ -107,7 +107,7 @@ class LaneDevice(SimDevice):
         job = chunk.job
         predictor = self.scheduler.predictor
         durations = predictor.flat_durations(
-            self.scheduler.profiles[job.model], job.batch_size, job.micro_batches
+            self.scheduler.profiled[job.model], job.batch_size, job.micro_batches
         )
         for i in range(chunk.start, chunk.end):
             self._pause_if_busy()
@@ -366,7 +366,7 @@ def _scheduler(
         split_batches=split_batches, batch_slice_s=workload.batch_slice_s,
     )
     for name, profile in workload.models.items():
-        scheduler.profiles[name] = profile
+        scheduler.profiled[name] = scheduler.profiles[name] = profile
     for s in workload.streams:
         scheduler.settings.setdefault(s.model, ModelSettings(s.priority, s.slo_ms))
     return scheduler

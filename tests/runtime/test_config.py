@@ -70,6 +70,21 @@ def test_cpu_lane_flag_reaches_the_engine():
     assert build_engine(on, Metrics(CollectorRegistry()))[0].options.lane_enabled()
 
 
+def test_calibration_flag():
+    from prometheus_client import CollectorRegistry
+
+    from runtime.metrics import Metrics
+    from runtime.serve import build_engine
+
+    on = parse_args(["--demo", "--device", "cpu"])[0]
+    assert on.calibration is True
+    assert build_engine(on, Metrics(CollectorRegistry()))[0].scheduler.calibration is not None
+    off = parse_args(["--demo", "--device", "cpu", "--calibration", "off"])[0]
+    assert build_engine(off, Metrics(CollectorRegistry()))[0].scheduler.calibration is None
+    with pytest.raises(SystemExit):
+        parse_args(["--demo", "--calibration", "auto"])
+
+
 def test_access_log_flag():
     import logging
 

@@ -385,3 +385,49 @@ def test_a_latency_critical_request_reports_its_time_outside_the_device():
     engine.stop(1.0)
     assert list(engine.scheduler.streams._streams["lc"].host_samples) == [pytest.approx(0.004)]
     assert "b" not in engine.scheduler.streams._streams
+
+
+def test_the_gate_counts_the_time_it_was_closed():
+    from runtime.executor import BatchGate
+
+    clock = FakeClock()
+    gate = BatchGate(clock)
+    clock.advance(1.0)
+    gate.enter()
+    gate.enter()  # a second latency-critical job while the first runs
+    clock.advance(0.5)
+    assert gate.closed_seconds() == pytest.approx(0.5)
+    gate.leave()
+    clock.advance(0.25)
+    gate.leave()
+    clock.advance(2.0)  # open: not counted
+    assert gate.closed_seconds() == pytest.approx(0.75)
+    gate.leave()  # one too many: still open, nothing counted
+    assert gate.closed_seconds() == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize("calibrate", [True, False])
+def test_batch_chunks_calibrate_the_profile_and_report_the_speed_ratio(calibrate):
+    from runtime.engine import EngineOptions
+
+    batch, _ = served_mlp("b")  # profiled at 0.1 ms a unit: whatever it measures here
+    engine = make_engine([batch], options=EngineOptions(calibrate=calibrate))
+    engine.start()
+
+    async def go():
+        for _ in range(12):
+            await engine.infer("b", {"x": X})
+
+    run(go())
+    engine.stop(1.0)
+    s = engine.scheduler
+    gauge = engine.metrics.speed_ratio.labels("b")._value.get()
+    if not calibrate:
+        assert s.calibration is None and s.profiles["b"] is s.profiled["b"]
+        assert gauge == 0.0  # never set
+        return
+    assert s.calibration is not None and s.calibration.chunks("b") == 12
+    factor = s.speed_factor("b")
+    assert gauge == factor == s.measured_speed("b") and 0.25 <= factor <= 4.0
+    assert s.profiles["b"].units(1) == pytest.approx(
+        [d * factor for d in s.profiled["b"].units(1)])
