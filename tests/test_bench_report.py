@@ -570,3 +570,62 @@ def test_encoder_splits_into_units_that_match_the_whole_model(tmp_path):
     (out,) = loaded.model({"tokens": tokens}).values()
     assert out.shape == (2, 32) and torch.allclose(out, whole, atol=1e-5)
     assert torch.allclose(out.norm(dim=1), torch.ones(2), atol=1e-5)
+
+
+def test_speed_ratios_from_the_runtime_s_metrics():
+    from e2e.bench.load import parse_speed_ratios
+
+    text = "\n".join([
+        "# HELP deft_profile_speed_ratio How long the model's chunks take ...",
+        "# TYPE deft_profile_speed_ratio gauge",
+        'deft_profile_speed_ratio{model="classifier"} 1.4375',
+        'deft_profile_speed_ratio{model="embedder"} 0.9',
+        'deft_sync_interval_units{model="classifier"} 16.0',
+        'deft_profile_speed_ratio{model="odd"} not-a-number',
+    ])
+    assert parse_speed_ratios(text) == {"classifier": 1.4375, "embedder": 0.9}
+    assert parse_speed_ratios("") == {}
+    entry = {"mixes": [{"mix": "pair", "streams": [], "speed_ratio": {"classifier": 1.5}}]}
+    assert report.speed_ratios(entry, "pair") == {"classifier": 1.5}
+    assert report.speed_ratios(entry, "other") == {} == report.speed_ratios(None, "pair")
+
+
+def test_the_replay_runs_each_policy_at_the_speed_the_runtime_measured(tmp_path):
+    from dataclasses import replace
+
+    from e2e.bench.__main__ import scale_profiles, simulator_section
+    from e2e.bench.workload import load_bench_workload
+    from e2e.server import ROOT
+
+    assert scale_profiles({"m": {"1": [10.0, 20.0]}, "n": {"1": [5.0]}}, {"m": 1.5}) == \
+        {"m": {"1": [15.0, 30.0]}, "n": {"1": [5.0]}}
+    wl = replace(load_bench_workload(ROOT / "e2e/bench/workloads/1-pair-poisson.json"),
+                 duration_s=4)
+    profile = {"models": {"detector": {"profile": {"1": [250.0] * 4}},
+                          "classifier": {"profile": {"8": [6000.0] * 16}}}}
+
+    def deft_run(policy, p99, ratio):
+        return {"system": "deft", "policy": policy, "label": f"deft:{policy}", "variant": "",
+                "mixes": [{"mix": wl.name, "speed_ratio": ratio, "streams": [
+                    stream("detector", "latency-critical", p99, 20.0),
+                    stream("classifier", "batch", 600.0, 5.0, bs=8)]}]}
+
+    runs = [deft_run("deft", 8.0, {"classifier": 1.5}), deft_run("fifo", 300.0, {}),
+            deft_run("priority", 300.0, {"classifier": 1.5, "detector": 2.0})]
+    sim = simulator_section([wl], profile, {wl.name: {0: 15.0}}, (15.0, 0.0), runs,
+                            tmp_path, quick=True)
+    rows = {r["policy"]: r for r in sim["replay"][wl.name]["rows"]}
+    assert rows["fifo"]["speed_ratio"] == {}
+    assert rows["fifo"]["startup_profile_error"] == rows["fifo"]["error"]
+    # fifo and priority: the detector waits for the classifier's jobs, which take 1.5 x
+    # longer at the measured speed; beside the CPU lane (deft) the batch speed does not
+    # reach the latency-critical stream
+    startup = sim["replay"][wl.name]["simulated"]["priority"]["streams"][0]["p99_ms"]
+    assert rows["priority"]["sim_p99_ms"] == pytest.approx(1.5 * startup, rel=0.1)
+    assert rows["priority"]["startup_profile_error"] != rows["priority"]["error"]
+    assert rows["deft"]["speed_ratio"] == {"classifier": 1.5}
+    lane = sim["replay"][wl.name]["simulated"]["deft"]["streams"][0]["p99_ms"]
+    assert rows["deft"]["sim_p99_ms"] == pytest.approx(lane, abs=1e-3)
+    md = "\n".join(report.simulator_md(sim))
+    assert "| pair-poisson | priority | classifier 1.50, detector 2.00 |" in md
+    assert "| pair-poisson | fifo | - |" in md

@@ -27,6 +27,7 @@ from typing import Any
 
 from e2e.bench import plots, report
 from e2e.bench.driver import MixResult, Phases, reference_solo_p99_ms, run_mix, run_slo_variant
+from e2e.bench.load import speed_ratios
 from e2e.bench.report import sequence_stats
 from e2e.bench.systems import (
     ServerProcess,
@@ -295,8 +296,12 @@ def run_system(spec: SystemSpec, server: ServerProcess, prio: DeftPriorities | N
             slos.setdefault(wl.name, {k: v for k, v in res.slo_ms.items()})
         if spec.reference and ref_solo is not None:
             ref_solo[wl.name] = reference_solo_p99_ms(res, wl)
-        entry["mixes"].append({"mix": wl.name, "seconds": round(res.seconds, 1),
-                               "streams": [m.summary() for m in res.streams]})
+        mix_entry: dict[str, Any] = {"mix": wl.name, "seconds": round(res.seconds, 1),
+                                     "streams": [m.summary() for m in res.streams]}
+        if spec.system == "deft":
+            # how fast the models ran against their profiles, as the runtime measured it
+            mix_entry["speed_ratio"] = speed_ratios(server.url)
+        entry["mixes"].append(mix_entry)
         for model, st in res.probe.items():
             entry["probe"][model] = sequence_stats(st.latencies)
         results.append(res)
@@ -335,6 +340,28 @@ def run_paired(held: list[tuple[SystemSpec, ServerProcess]], wl: BenchWorkload, 
             "warm_s": phases.paired_warm_s, "systems": systems}
 
 
+def scale_profiles(profiles: dict[str, dict[str, list[float]]],
+                   ratios: dict[str, float]) -> dict[str, dict[str, list[float]]]:
+    """``profiles`` (model -> the profiler's shape, µs) with each model's durations scaled by
+    its ratio in ``ratios`` (models without one as they are)."""
+    return {name: {b: [round(d * ratios.get(name, 1.0), 3) for d in units]
+                   for b, units in profile.items()} for name, profile in profiles.items()}
+
+
+def _replay_row(policy: str, sim: dict[str, Any], measured: dict[str, dict[str, Any]],
+                lc_index: int) -> dict[str, Any] | None:
+    """The replay of ``policy`` against its measured LC stream, with the transport time:
+    what the simulated device leaves out (HTTP, decoding, the client, the OS) at the
+    percentile being predicted, the server's solo p99 minus the simulated one."""
+    st = measured.get(policy)
+    sim_solo = sim["solo_p99_ms"].get(lc_index)
+    transport = (st["solo_p99_ms"] - sim_solo) if st and st.get("solo_p99_ms") \
+        is not None and sim_solo is not None else None
+    rows = report.replay_rows({policy: sim["policies"][policy]}, measured, transport,
+                              lc_index)
+    return rows[0] if rows else None
+
+
 def simulator_section(mixes: list[BenchWorkload], profile: dict, slos: dict, costs: tuple,
                       runs: list[dict], raw: Path, quick: bool,
                       device_type: str = "cpu") -> dict[str, Any]:
@@ -366,14 +393,22 @@ def simulator_section(mixes: list[BenchWorkload], profile: dict, slos: dict, cos
             if st is not None:
                 measured[policy] = st
         for policy in policies:
-            st = measured.get(policy)
-            # what the simulated device leaves out (HTTP, decoding, the client, the OS), at
-            # the percentile being predicted: the server's solo p99 minus the simulated one
-            sim_solo = sim["solo_p99_ms"].get(lc_index)
-            transport = (st["solo_p99_ms"] - sim_solo) if st and st.get("solo_p99_ms") \
-                is not None and sim_solo is not None else None
-            rows += report.replay_rows({policy: sim["policies"][policy]}, measured, transport,
-                                       lc_index)
+            # each policy's replay runs the profiles at the speed the runtime measured its
+            # chunks at in that run (deft_profile_speed_ratio); the start-up profiles' replay
+            # is kept beside it
+            ratios = report.speed_ratios(deft_runs.get(policy), wl.name)
+            scaled = sim
+            if ratios:
+                scaled = simulate_mix(to_sim_workload(
+                    wl, scale_profiles(profiles, ratios), mix_slos, device, cpu_lane=lane),
+                    [policy])
+            row = _replay_row(policy, scaled, measured, lc_index)
+            if row is None:
+                continue
+            plain = _replay_row(policy, sim, measured, lc_index) if ratios else row
+            row["speed_ratio"] = ratios
+            row["startup_profile_error"] = plain["error"] if plain else None
+            rows.append(row)
         out["replay"][wl.name] = {"workload": str(path.relative_to(ROOT)) if
                                   path.is_relative_to(ROOT) else str(path), "rows": rows,
                                   "cpu_lane": lane, "simulated": sim["policies"]}

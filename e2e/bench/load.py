@@ -334,3 +334,35 @@ def alternating_throughput(url: str, model: str, x: np.ndarray, input_name: str,
         "ratio": round(http_mean / local_mean, 4) if http_mean and local_mean else None,
         "windows": windows, "window_s": window_s, "clients": clients, "batch_size": batch,
     }
+
+
+SPEED_RATIO_METRIC = "deft_profile_speed_ratio"
+
+
+def parse_speed_ratios(text: str) -> dict[str, float]:
+    """Each model's ``deft_profile_speed_ratio`` in a Prometheus text exposition: how long
+    its chunks took against its profile's prediction, as the runtime measured them."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith(SPEED_RATIO_METRIC + "{"):
+            continue
+        labels, _, value = line.rpartition("} ")
+        for pair in labels[len(SPEED_RATIO_METRIC) + 1:].split(","):
+            key, _, quoted = pair.partition("=")
+            if key.strip() == "model":
+                with contextlib.suppress(ValueError):
+                    out[quoted.strip().strip('"')] = float(value)
+    return out
+
+
+def speed_ratios(url: str, timeout_s: float = 5.0) -> dict[str, float]:
+    """``parse_speed_ratios`` of a Deft server's ``/metrics`` at ``url`` (host:port);
+    empty where the server serves none."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{url}/metrics", timeout=timeout_s) as r:
+            return parse_speed_ratios(r.read().decode("utf-8", "replace"))
+    except OSError:
+        return {}
+

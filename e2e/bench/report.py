@@ -42,6 +42,13 @@ def lc_stream(run: Mapping[str, Any], mix: str) -> Mapping[str, Any] | None:
     return next((s for s in m["streams"] if s["priority"] == "latency-critical"), None)
 
 
+def speed_ratios(run: Mapping[str, Any] | None, mix: str) -> dict[str, float]:
+    """How fast each model ran against its profile during ``mix`` on ``run``, as the
+    runtime measured it (``deft_profile_speed_ratio``; empty where not reported)."""
+    m = _mix(run, mix) if run is not None else None
+    return dict(m.get("speed_ratio") or {}) if m is not None else {}
+
+
 def batch_items_per_s(run: Mapping[str, Any], mix: str, solo: bool = False) -> float | None:
     """Batch work done (requests x batch size per second) over every batch stream of ``mix``,
     under mixed load or (``solo``) in the batch-only phase."""
@@ -410,7 +417,11 @@ def simulator_md(sim: Mapping[str, Any]) -> list[str]:
     out = ["## Simulator replay", "",
            "Each mix replayed by `scheduler.sim` on the runtime's own profiles "
            "(`python -m runtime profile`), the runtime's CPU costs and the SLOs measured on "
-           "Deft. The simulator models the device only, so the replay adds the transport "
+           "Deft. Each policy's replay scales each model's profile by the speed the runtime "
+           "measured its chunks at in that run (`deft_profile_speed_ratio`, the *speed "
+           "ratio* column: this machine's speed drifts between the profile and the runs); "
+           "the error of the replay on the start-up profiles is shown beside it. "
+           "The simulator models the device only, so the replay adds the transport "
            "time measured in the solo phase at the same percentile (server's LC solo p99 "
            "minus the simulated solo p99) to the simulated p99; the raw simulated p99 is "
            "shown too."
@@ -420,13 +431,17 @@ def simulator_md(sim: Mapping[str, Any]) -> list[str]:
               "one is active); `fifo` and `priority` run without it, as in the runtime."
               if any(r.get("cpu_lane") for r in (sim.get("replay") or {}).values()) else ""),
            "",
-           "| mix | policy | simulated p99 ms | + transport ms | measured p99 ms | error | "
-           "raw error |", "|---|---|---|---|---|---|---|"]
+           "| mix | policy | speed ratio | simulated p99 ms | + transport ms | "
+           "measured p99 ms | error | raw error | error, start-up profiles |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for mix, rep in (sim.get("replay") or {}).items():
         for r in rep.get("rows", []):
-            out.append(f"| {mix} | {r['policy']} | {_f(r['sim_p99_ms'])} | "
+            ratios = ", ".join(f"{m} {v:.2f}" for m, v in sorted(
+                (r.get("speed_ratio") or {}).items())) or "-"
+            startup = r.get("startup_profile_error", r["error"])
+            out.append(f"| {mix} | {r['policy']} | {ratios} | {_f(r['sim_p99_ms'])} | "
                        f"{_f(r['sim_p99_with_transport_ms'])} | {_f(r['measured_p99_ms'])} | "
-                       f"{_pct(r['error'])} | {_pct(r['raw_error'])} |")
+                       f"{_pct(r['error'])} | {_pct(r['raw_error'])} | {_pct(startup)} |")
     for title, points in (sim.get("sweeps") or {}).items():
         out += ["", f"`fixed:K` trade-off, {title}:", "",
                 "| policy | batch inference p50 ms | LC p99 ms | LC SLO met | sync points |",
