@@ -10,8 +10,9 @@ class DeftError(Exception):
 class ModelNotFound(DeftError):
     """No model of that name (or version) is known to the repository."""
 
-    def __init__(self, name: str) -> None:
-        super().__init__(f"model '{name}' is not found")
+    def __init__(self, name: str, version: str | None = None) -> None:
+        which = f"model '{name}'" + (f" version '{version}'" if version is not None else "")
+        super().__init__(f"{which} is not found")
         self.name = name
 
 

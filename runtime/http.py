@@ -25,7 +25,13 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from runtime import errors
-from runtime.codec import Limits, decode_request, encode_response, error_body
+from runtime.codec import (
+    MAX_REQUEST_PARAMETER,
+    Limits,
+    decode_request,
+    encode_response,
+    error_body,
+)
 from runtime.engine import Engine
 from runtime.http_body import RECEIVED_AT
 from scheduler.clock import MonotonicClock
@@ -74,13 +80,28 @@ class RepositoryAccess:
     token: str | None = None
 
     def check(self, request: Request) -> None:
+        self.check_authorization(request.headers.get("authorization", ""))
+
+    def check_authorization(self, authorization: str) -> None:
+        """Refuse a caller (``Disabled``, ``Unauthorized``) by the value of its
+        ``Authorization`` header (REST) or ``authorization`` metadata (gRPC). The scheme is
+        matched case-insensitively, as HTTP's authentication schemes are."""
         if not self.enabled:
             raise errors.Disabled("the model repository API is disabled on this server")
         if self.token is None:
             return
-        got = request.headers.get("authorization", "")
-        if not hmac.compare_digest(got.encode(), f"Bearer {self.token}".encode()):
+        scheme, _, credentials = authorization.strip().partition(" ")
+        if not (scheme.lower() == "bearer"
+                and hmac.compare_digest(credentials.strip().encode(), self.token.encode())):
             raise errors.Unauthorized("the model repository API needs a valid bearer token")
+
+
+def check_request_parameter(key: str, value: int | None) -> None:
+    """Refuse a request-level ``priority`` or ``timeout`` above ``MAX_REQUEST_PARAMETER``
+    (gRPC's ``uint64_param`` can carry larger ones; the REST decoder checks its own)."""
+    if value is not None and value > MAX_REQUEST_PARAMETER:
+        raise errors.InvalidInput(
+            f"request parameter '{key}' must be a non-negative integer of at most 2**63-1")
 
 
 INLINE_DECODE_BYTES = 256 * 1024
@@ -252,7 +273,7 @@ def _check_version(engine: Engine, model_name: str, model_version: str | None) -
     if model_version is not None and engine.model_ready(model_name):
         served = engine.model(model_name)
         if model_version != served.version:
-            raise errors.ModelNotFound(f"{model_name}' version '{model_version}")
+            raise errors.ModelNotFound(model_name, model_version)
 
 
 def infer_handler(engine: Engine, limits: Limits) -> Callable[..., Awaitable[Response]]:

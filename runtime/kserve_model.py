@@ -13,9 +13,15 @@ from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
-from grpc_interceptor.exceptions import DeadlineExceeded, ResourceExhausted, Unavailable
+from grpc_interceptor.exceptions import (
+    DeadlineExceeded,
+    Internal,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
 from kserve import Model
-from kserve.errors import InferenceError
 from kserve.errors import InvalidInput as KServeInvalidInput
 from kserve.errors import ModelNotFound as KServeModelNotFound
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
@@ -29,25 +35,38 @@ from runtime.codec import (
     reject_unsupported,
 )
 from runtime.engine import Engine
+from runtime.http import check_request_parameter
 from runtime.tensors import NUMPY_TO_V2, V2_TO_NUMPY, TensorSpec
 
 
+def _model_not_found(exc: errors.ModelNotFound) -> KServeModelNotFound:
+    """kserve's not-found error (NOT_FOUND over gRPC) with Deft's words, the REST error's."""
+    err = KServeModelNotFound(exc.name)
+    err.reason = str(exc)
+    return err
+
+
 def _kserve_error(exc: errors.DeftError) -> Exception:
-    """The exception kserve's servers turn into the right status: kserve's own errors where it
-    has one (REST and gRPC), gRPC status exceptions for the rest (kserve's gRPC server passes
-    them through; its REST server answers them with 500, as it did any engine error)."""
+    """The exception kserve's servers turn into the status REST gives (gRPC's code for it)
+    with REST's words: kserve's own errors where it has one (REST and gRPC), gRPC status
+    exceptions for the rest (kserve's gRPC server passes them through; its REST server
+    answers them with 500, as it did any engine error)."""
     if isinstance(exc, errors.InvalidInput):
         return KServeInvalidInput(str(exc))
-    if isinstance(exc, errors.InferenceFailed):
-        return InferenceError(str(exc))
     if isinstance(exc, errors.ModelNotFound):
-        return KServeModelNotFound(exc.name)
+        return _model_not_found(exc)
     if isinstance(exc, (errors.ModelNotReady, errors.ShuttingDown)):
         return Unavailable(str(exc))
     if isinstance(exc, errors.QueueFull):
         return ResourceExhausted(str(exc))
     if isinstance(exc, errors.RequestTimeout):
         return DeadlineExceeded(str(exc))
+    if isinstance(exc, errors.Unauthorized):
+        return Unauthenticated(str(exc))
+    if isinstance(exc, errors.Disabled):
+        return PermissionDenied(str(exc))
+    if isinstance(exc, (errors.InferenceFailed, errors.ModelLoadError)):
+        return Internal(str(exc))
     return exc
 
 
@@ -64,23 +83,32 @@ def _unknown_uint64(message: Any) -> int | None:
 
 
 def _param(parameters: Any, key: str) -> int:
+    """A request-level ``priority`` or ``timeout`` (0 where absent), checked as the REST
+    decoder checks it: a non-negative integer (``int64_param``, or the ``uint64_param``
+    tritonclient sends) of at most 2**63-1; a bool, string or double is refused, as REST
+    refuses ``true``, ``"5"`` or ``5.0``."""
     if not parameters or key not in parameters:
         return 0
     value = parameters[key]
-    for attr in ("int64_param", "uint64_param"):
-        if hasattr(value, attr) and value.WhichOneof("parameter_choice") == attr:
-            return int(getattr(value, attr))
-    if hasattr(value, "WhichOneof") and value.WhichOneof("parameter_choice") is None:
-        unsigned = _unknown_uint64(value)
-        if unsigned is not None:
-            return unsigned
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise KServeInvalidInput(f"parameter '{key}' must be a non-negative integer")
-    return value
+    number: int | None = None
+    if hasattr(value, "WhichOneof"):
+        choice = value.WhichOneof("parameter_choice")
+        if choice in ("int64_param", "uint64_param"):
+            number = int(getattr(value, choice))
+        elif choice is None:
+            number = _unknown_uint64(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    if number is None or number < 0:
+        raise KServeInvalidInput(
+            f"request parameter '{key}' must be a non-negative integer of at most 2**63-1")
+    with as_kserve_errors():
+        check_request_parameter(key, number)
+    return number
 
 
 @contextmanager
-def _as_kserve_errors() -> Iterator[None]:
+def as_kserve_errors() -> Iterator[None]:
     """Deft's errors raised inside, as the exceptions kserve's servers answer rightly."""
     try:
         yield
@@ -89,10 +117,11 @@ def _as_kserve_errors() -> Iterator[None]:
 
 
 def _check_version(payload: InferRequest, version: str, name: str) -> None:
-    """A version named in the request must be the served one (each model serves one)."""
+    """A version named in the request must be the served one (each model serves one); REST's
+    words where it is not."""
     wanted = getattr(payload, "model_version", None)
     if wanted and wanted != version:
-        raise KServeModelNotFound(f"{name} (version {wanted}; this server has version {version})")
+        raise _model_not_found(errors.ModelNotFound(name, wanted))
 
 
 def _checked_inputs(payload: InferRequest, specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
@@ -101,7 +130,7 @@ def _checked_inputs(payload: InferRequest, specs: Sequence[TensorSpec]) -> dict[
     model accepts and that its data fills exactly; every model input present."""
     by_name = {s.name: s for s in specs}
     inputs: dict[str, np.ndarray] = {}
-    with _as_kserve_errors():
+    with as_kserve_errors():
         for tensor in payload.inputs:
             label = f"input '{tensor.name}'"
             if tensor.name in inputs:
@@ -134,7 +163,7 @@ def _requested_outputs(payload: InferRequest, specs: Sequence[TensorSpec]) -> li
         return list(specs)
     by_name = {s.name: s for s in specs}
     out: list[TensorSpec] = []
-    with _as_kserve_errors():
+    with as_kserve_errors():
         for item in requested:
             check_output(item.name, [s.name for s in out], by_name)
             reject_unsupported(f"output '{item.name}'", item.parameters)
@@ -159,23 +188,23 @@ class DeftModel(Model):  # type: ignore[misc]
         return self._deft.model_ready(self.name) and self._deft.ready()
 
     def get_input_types(self) -> list[dict[str, Any]]:
-        with _as_kserve_errors():
+        with as_kserve_errors():
             return [s.to_metadata() for s in self._deft.model(self.name).inputs]
 
     def get_output_types(self) -> list[dict[str, Any]]:
-        with _as_kserve_errors():
+        with as_kserve_errors():
             return [s.to_metadata() for s in self._deft.model(self.name).outputs]
 
     async def predict(
         self, payload: InferRequest, headers: dict[str, str] | None = None,
         response_headers: dict[str, str] | None = None,
     ) -> InferResponse:
-        with _as_kserve_errors():
+        with as_kserve_errors():
             served = self._deft.model(self.name)
         _check_version(payload, served.version, self.name)
         inputs = _checked_inputs(payload, served.inputs)
         wanted = _requested_outputs(payload, served.outputs)
-        with _as_kserve_errors():
+        with as_kserve_errors():
             outputs = await self._deft.infer(
                 self.name, inputs,
                 priority=_param(payload.parameters, "priority"),

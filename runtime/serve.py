@@ -13,7 +13,6 @@ from pathlib import Path
 import torch
 from kserve import ModelServer
 from kserve import model_server as kserve_model_server
-from kserve.model_repository import ModelRepository
 
 from runtime import http_body
 from runtime import model_repository as repo
@@ -21,6 +20,7 @@ from runtime.codec import Limits
 from runtime.config import RuntimeConfig
 from runtime.engine import Engine, EngineOptions, ServedModel
 from runtime.errors import ModelLoadError
+from runtime.grpc_api import DeftModelServer, model_registry
 from runtime.heap import reclaim_heap, settle_heap
 from runtime.http import RepositoryAccess, install, quiet_access_log
 from runtime.kserve_model import DeftModel
@@ -163,11 +163,9 @@ def main(cfg: RuntimeConfig) -> int:
     access = RepositoryAccess(enabled=cfg.repository_api, token=cfg.repository_token)
     install(kserve_model_server.app, engine, limits, access)
 
-    registry = ModelRepository(models_dir=str(model_dir))
-    models = [DeftModel(name, engine) for name in engine.ready_models()]
-    # models loaded later through the repository API are served over gRPC too
-    engine.on_ready.append(lambda name: registry.update(DeftModel(name, engine), name))
-    engine.on_unloaded.append(lambda name: registry.models.pop(name, None))
+    # models loaded later through the repository API (REST or gRPC) are served over gRPC too
+    registry = model_registry(engine, str(model_dir))
+    models = list(registry.get_models().values())
     engine.on_unloaded.append(reclaim_heap)
     if cfg.modelmesh_port:
         from runtime.modelmesh.server import install as install_modelmesh
@@ -176,7 +174,8 @@ def main(cfg: RuntimeConfig) -> int:
                           lambda model_id: DeftModel(model_id, engine),
                           port=cfg.modelmesh_port, memory_budget_mb=cfg.memory_budget_mb)
     log.info("heap settled: %d objects out of the garbage collector's way", settle_heap())
-    server = ModelServer(
+    server = DeftModelServer(
+        engine, access,
         http_port=cfg.http_port,
         grpc_port=cfg.grpc_port,
         enable_grpc=cfg.enable_grpc,

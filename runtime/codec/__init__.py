@@ -7,6 +7,7 @@ tensor extension (``inference-header-content-length``) in both directions.
 """
 
 from runtime.codec._decode import (
+    MAX_REQUEST_PARAMETER,
     check_input,
     check_inputs_given,
     check_output,
@@ -28,6 +29,7 @@ __all__ = [
     "BINARY_CONTENT_TYPE",
     "HEADER_LENGTH",
     "JSON_CONTENT_TYPE",
+    "MAX_REQUEST_PARAMETER",
     "Binary",
     "InferRequest",
     "Limits",

@@ -159,14 +159,19 @@ def is_count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+MAX_REQUEST_PARAMETER = (1 << 63) - 1  # the largest request-level priority or timeout
+
+
 def _request_parameters(raw: object) -> dict[str, object]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
         raise InvalidInput("request 'parameters' must be an object")
     for key in ("priority", "timeout"):
-        if key in raw and not is_count(raw[key]):
-            raise InvalidInput(f"request parameter '{key}' must be a non-negative integer")
+        # at most what a v2 gRPC int64_param holds (JSON parsers read larger ones as floats)
+        if key in raw and not (is_count(raw[key]) and raw[key] <= MAX_REQUEST_PARAMETER):
+            raise InvalidInput(f"request parameter '{key}' must be a non-negative integer "
+                               "of at most 2**63-1")
     if not isinstance(raw.get("binary_data_output", False), bool):
         raise InvalidInput("request parameter 'binary_data_output' must be a boolean")
     return raw

@@ -92,5 +92,36 @@ def test_a_version_other_than_the_served_one_is_not_found(km):
 
     mod._check_version(it.InferRequest("m", [], model_version="1"), "1", "m")
     mod._check_version(it.InferRequest("m", []), "1", "m")
-    with pytest.raises(ModelNotFound, match="version 2"):
+    with pytest.raises(ModelNotFound) as info:
         mod._check_version(it.InferRequest("m", [], model_version="2"), "1", "m")
+    assert info.value.reason == "model 'm' version '2' is not found"  # REST's words
+
+
+@pytest.mark.parametrize(("error", "code"), [
+    (lambda e: e.InvalidInput("bad"), "INVALID_ARGUMENT"),
+    (lambda e: e.ModelNotFound("m"), "NOT_FOUND"),
+    (lambda e: e.ModelNotReady("model 'm' is unavailable"), "UNAVAILABLE"),
+    (lambda e: e.ShuttingDown("the server is shutting down"), "UNAVAILABLE"),
+    (lambda e: e.QueueFull("full"), "RESOURCE_EXHAUSTED"),
+    (lambda e: e.RequestTimeout("late"), "DEADLINE_EXCEEDED"),
+    (lambda e: e.Unauthorized("token"), "UNAUTHENTICATED"),
+    (lambda e: e.Disabled("off"), "PERMISSION_DENIED"),
+    (lambda e: e.InferenceFailed("kaboom"), "INTERNAL"),
+    (lambda e: e.ModelLoadError("broken"), "INTERNAL"),
+])
+def test_engine_errors_get_the_grpc_code_of_their_rest_status_and_rests_words(km, error, code):
+    """kserve's gRPC interceptor turns its own errors into INVALID_ARGUMENT (InvalidInput),
+    NOT_FOUND (ModelNotFound) and passes gRPC status exceptions through."""
+    mod, _ = km
+    from grpc_interceptor.exceptions import GrpcException
+    from kserve.errors import InvalidInput, ModelNotFound
+
+    from runtime import errors
+
+    exc = error(errors)
+    mapped = mod._kserve_error(exc)
+    if isinstance(mapped, GrpcException):
+        assert (mapped.status_code.name, mapped.details) == (code, str(exc))
+    else:
+        kind = {"INVALID_ARGUMENT": InvalidInput, "NOT_FOUND": ModelNotFound}[code]
+        assert isinstance(mapped, kind) and mapped.reason == str(exc)

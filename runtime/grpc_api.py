@@ -1,0 +1,234 @@
+"""The v2 gRPC edge: kserve's gRPC server (its interceptors and status mapping) running a
+servicer that answers from Deft's engine, as the REST routes (``runtime.http``) do: the same
+checks, the same words, gRPC's codes.
+
+kserve's own servicer answers from kserve's model registry and its repository extension,
+which know neither what the engine serves nor who may call the repository API. Here model
+readiness, metadata and inference are checked against the engine first, and repository
+load and unload go through the engine (the registry follows it through the engine's hooks)
+behind the same ``RepositoryAccess`` as REST, with its token in the ``authorization``
+metadata (``Bearer <token>``).
+
+Imports kserve at module level: import this module only from the entry point (kserve parses
+``sys.argv`` when imported).
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent import futures
+from typing import Any
+
+from google.protobuf.unknown_fields import UnknownFieldSet
+from grpc import ServicerContext, aio
+from grpc_interceptor.exceptions import InvalidArgument
+from kserve import ModelServer
+from kserve import model_server as kserve_model_server
+from kserve.model_repository import ModelRepository
+from kserve.protocol.dataplane import DataPlane
+from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor, LoggingInterceptor
+from kserve.protocol.grpc.server import GRPCServer
+from kserve.protocol.grpc.servicer import InferenceServicer
+from kserve.protocol.model_repository_extension import ModelRepositoryExtension
+
+from runtime.engine import Engine
+from runtime.http import (
+    EXTENSIONS,
+    SERVER_NAME,
+    SERVER_VERSION,
+    RepositoryAccess,
+)
+from runtime.http import _check_version as check_version
+from runtime.kserve_model import DeftModel, as_kserve_errors
+
+log = logging.getLogger(__name__)
+
+# Triton's RepositoryModelLoad/UnloadRequest (tritonclient.grpc) carries the model's name in
+# field 2 (field 1 is its repository_name); KServe's proto has only field 1, model_name.
+TRITON_MODEL_NAME_FIELD = 2
+_LENGTH_DELIMITED = 2  # protobuf wire type of a string
+
+
+def repository_model_name(request: Any) -> str:
+    """The model a RepositoryModelLoad or RepositoryModelUnload request names, in KServe's
+    proto (field 1) or Triton's (field 2, kept among KServe's message's unknown fields: where
+    it is there, field 1 is Triton's repository name, which this server, with a single
+    repository, ignores as REST ignores a load request body's other fields)."""
+    name = request.model_name
+    for field in UnknownFieldSet(request):
+        if field.field_number == TRITON_MODEL_NAME_FIELD and field.wire_type == _LENGTH_DELIMITED:
+            try:
+                name = bytes(field.data).decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidArgument("model name is not valid UTF-8") from None
+    if not name:
+        raise InvalidArgument("model name is empty")
+    return name
+
+
+def model_registry(engine: Engine, models_dir: str | None = None) -> ModelRepository:
+    """kserve's model registry kept in step with the engine: a ``DeftModel`` for each model
+    the engine serves, added when the engine readies one (a load through either API) and
+    dropped when it unloads one."""
+    registry = ModelRepository(models_dir=models_dir) if models_dir else ModelRepository()
+    for name in engine.ready_models():
+        registry.update(DeftModel(name, engine))
+    engine.on_ready.append(lambda name: registry.update(DeftModel(name, engine), name))
+    engine.on_unloaded.append(lambda name: registry.models.pop(name, None))
+    return registry
+
+
+def _authorization(context: ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return value if isinstance(value, str) else value.decode("latin-1")
+    return ""
+
+
+class DeftServicer(InferenceServicer):  # type: ignore[misc]
+    """kserve's v2 servicer with the engine as the authority on models: what REST answers,
+    gRPC answers."""
+
+    def __init__(
+        self, data_plane: DataPlane, model_repository_extension: ModelRepositoryExtension,
+        engine: Engine, access: RepositoryAccess,
+    ) -> None:
+        super().__init__(data_plane, model_repository_extension)
+        self._engine = engine
+        self._access = access
+
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: ServicerContext
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(
+            name=SERVER_NAME, version=SERVER_VERSION, extensions=EXTENSIONS)
+
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: ServicerContext
+    ) -> pb.ServerReadyResponse:
+        # as REST's probe: a dead executor thread is restarted, and this answer says not ready
+        return pb.ServerReadyResponse(
+            ready=self._engine.ensure_executor() and self._engine.ready())
+
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: ServicerContext
+    ) -> pb.ModelReadyResponse:
+        """Ready or not for a known model (false while it is not loaded); NOT_FOUND for an
+        unknown one or a version other than the served one."""
+        with as_kserve_errors():
+            check_version(self._engine, request.name, request.version or None)
+            ready = self._engine.model_ready(request.name)
+        return pb.ModelReadyResponse(ready=ready)
+
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        with as_kserve_errors():
+            check_version(self._engine, request.name, request.version or None)
+            meta = self._engine.metadata(request.name)
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=meta["name"], versions=meta["versions"], platform=meta["platform"],
+            inputs=[tensor(**t) for t in meta["inputs"]],
+            outputs=[tensor(**t) for t in meta["outputs"]],
+        )
+
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: ServicerContext
+    ) -> pb.ModelInferResponse:
+        """The engine decides whether the model is known and loaded (kserve's registry holds
+        only loaded models); kserve's path runs the rest through ``DeftModel.predict``."""
+        with as_kserve_errors():
+            self._engine.model(request.model_name)
+        return await super().ModelInfer(request, context)
+
+    def _repository_call(self, request: Any, context: ServicerContext) -> str:
+        with as_kserve_errors():
+            self._access.check_authorization(_authorization(context))
+        return repository_model_name(request)
+
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: ServicerContext
+    ) -> pb.RepositoryModelLoadResponse:
+        name = self._repository_call(request, context)
+        with as_kserve_errors():
+            await self._engine.load(name)
+        return pb.RepositoryModelLoadResponse(model_name=name, isLoaded=True)
+
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: ServicerContext
+    ) -> pb.RepositoryModelUnloadResponse:
+        name = self._repository_call(request, context)
+        with as_kserve_errors():
+            await self._engine.unload(name)
+        return pb.RepositoryModelUnloadResponse(model_name=name, isUnloaded=True)
+
+
+def make_server(
+    servicer: InferenceServicer, max_workers: int, options: dict[str, Any] | None = None
+) -> aio.Server:
+    """A grpc.aio server serving ``servicer`` with kserve's interceptors (its method log,
+    its exceptions-to-status mapping); ``options``: kserve's command-line arguments, of which
+    the message size limits apply. No port yet."""
+    options = options or {}
+    channel_options = [
+        (f"grpc.{key}", options[f"grpc_{key}"])
+        for key in ("max_send_message_length", "max_receive_message_length")
+        if options.get(f"grpc_{key}") is not None
+    ]
+    server = aio.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers),
+        interceptors=(LoggingInterceptor(), ExceptionToStatusInterceptor()),
+        options=channel_options,
+    )
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    return server
+
+
+class DeftGRPCServer(GRPCServer):  # type: ignore[misc]
+    """kserve's gRPC server with ``DeftServicer`` in place of kserve's servicer."""
+
+    def __init__(
+        self, port: int, data_plane: DataPlane,
+        model_repository_extension: ModelRepositoryExtension, kwargs: dict[str, Any],
+        grace_period: int, *, engine: Engine, access: RepositoryAccess,
+    ) -> None:
+        super().__init__(port, data_plane, model_repository_extension, kwargs, grace_period)
+        self._engine = engine
+        self._access = access
+
+    async def start(self, max_workers: int) -> None:
+        servicer = DeftServicer(
+            self._data_plane, self._model_repository_extension, self._engine, self._access)
+        self._server = make_server(servicer, max_workers, self._kwargs)
+        listen_addr = f"[::]:{self._port}"
+        self._server.add_insecure_port(listen_addr)
+        log.info("gRPC server on %s, %d workers", listen_addr, max_workers)
+        await self._server.start()
+        await self._server.wait_for_termination()
+
+
+class DeftModelServer(ModelServer):  # type: ignore[misc]
+    """kserve's ModelServer whose gRPC server (``enable_grpc``) is ``DeftGRPCServer``: kserve
+    itself is told to start none, and this one joins the servers it runs."""
+
+    def __init__(
+        self, engine: Engine, access: RepositoryAccess, *, enable_grpc: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(enable_grpc=False, **kwargs)
+        self.deft_grpc = enable_grpc
+        self._engine = engine
+        self._access = access
+
+    async def _serve(self) -> None:
+        if self.deft_grpc:
+            self._grpc_server = DeftGRPCServer(
+                self.grpc_port, self.dataplane, self.model_repository_extension,
+                kwargs=vars(kserve_model_server.args), grace_period=self.grace_period,
+                engine=self._engine, access=self._access,
+            )
+            self.servers.append(self._grpc_server.start(self.max_threads))
+        await super()._serve()

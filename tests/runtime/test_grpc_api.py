@@ -1,0 +1,371 @@
+"""The v2 gRPC surface, in process: Deft's servicer on a loopback grpc.aio server with kserve's
+interceptors, a real engine and a small real torch model behind it, called with kserve's own
+stub. What REST answers, gRPC answers: the same checks and words, gRPC's codes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from runtime.codec import Limits
+from runtime.engine import Engine
+from runtime.http import EXTENSIONS, SERVER_NAME, SERVER_VERSION, RepositoryAccess, install
+from tests.runtime.helpers import make_engine, served_mlp
+
+X = np.arange(8, dtype=np.float32).reshape(2, 4) / 10
+
+
+@dataclass
+class Kserve:
+    pb: Any
+    pb_grpc: Any
+    grpc_api: Any
+    DataPlane: Any
+    ModelRepositoryExtension: Any
+
+
+@pytest.fixture(scope="module")
+def kg():
+    """kserve's gRPC pieces and Deft's servicer (kserve parses sys.argv when it is imported:
+    import it with a command line of its own)."""
+    saved = sys.argv
+    sys.argv = ["deft"]
+    try:
+        from kserve.protocol.dataplane import DataPlane
+        from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+        from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+        from kserve.protocol.model_repository_extension import ModelRepositoryExtension
+
+        import runtime.grpc_api as grpc_api
+    finally:
+        sys.argv = saved
+    return Kserve(pb, pb_grpc, grpc_api, DataPlane, ModelRepositoryExtension)
+
+
+@dataclass
+class Runtime:
+    engine: Engine
+    registry: Any
+    stub: Any
+    pb: Any
+
+
+@contextlib.asynccontextmanager
+async def grpc_runtime(kg: Kserve, access: RepositoryAccess | None = None
+                       ) -> AsyncIterator[Runtime]:
+    """The engine, kserve's registry kept in step with it and the gRPC server, wired as
+    ``runtime.serve`` wires them (the gRPC server on a loopback port of its own)."""
+    model, _ = served_mlp()
+    engine = make_engine([model], names=["mlp", "not-loaded"])
+    engine.start()
+    registry = kg.grpc_api.model_registry(engine)
+    servicer = kg.grpc_api.DeftServicer(
+        kg.DataPlane(model_registry=registry), kg.ModelRepositoryExtension(registry), engine,
+        access or RepositoryAccess())
+    server = kg.grpc_api.make_server(servicer, 2)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield Runtime(engine, registry, kg.pb_grpc.GRPCInferenceServiceStub(channel), kg.pb)
+    finally:
+        await server.stop(0)
+        engine.stop(1.0)
+
+
+def run(kg: Kserve, scenario: Callable[[Runtime], Any], **options: Any) -> None:
+    """Run ``async def scenario(runtime)`` against a fresh in-process gRPC runtime."""
+
+    async def main() -> None:
+        async with grpc_runtime(kg, **options) as rt:
+            await scenario(rt)
+
+    asyncio.run(main())
+
+
+async def expect(call: Any, code: grpc.StatusCode) -> str:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call
+    assert info.value.code() == code, (info.value.code(), info.value.details())
+    return info.value.details() or ""
+
+
+def infer_request(pb: Any, name: str = "mlp", version: str = "",
+                  parameters: dict[str, Any] | None = None) -> Any:
+    request = pb.ModelInferRequest(model_name=name, model_version=version)
+    tensor = request.inputs.add(name="x", datatype="FP32", shape=list(X.shape))
+    tensor.contents.fp32_contents.extend(X.ravel().tolist())
+    for key, value in (parameters or {}).items():
+        request.parameters[key].CopyFrom(value)
+    return request
+
+
+@contextlib.contextmanager
+def rest_client(access: RepositoryAccess | None = None) -> Iterator[tuple[TestClient, Engine]]:
+    """The REST routes on the same model, to compare answers with."""
+    model, _ = served_mlp()
+    engine = make_engine([model], names=["mlp", "not-loaded"])
+    engine.start()
+    app = FastAPI()
+    install(app, engine, Limits(max_body_bytes=1 << 20), access or RepositoryAccess())
+    try:
+        with TestClient(app) as client:
+            yield client, engine
+    finally:
+        engine.stop(1.0)
+
+
+def test_server_metadata_is_the_one_rest_gives(kg):
+    with rest_client() as (client, _):
+        rest = client.get("/v2").json()
+    assert rest == {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS}
+
+    async def scenario(rt):
+        meta = await rt.stub.ServerMetadata(rt.pb.ServerMetadataRequest())
+        assert (meta.name, meta.version, list(meta.extensions)) == (
+            rest["name"], rest["version"], rest["extensions"])
+        assert (await rt.stub.ServerReady(rt.pb.ServerReadyRequest())).ready
+
+    run(kg, scenario)
+
+
+def test_repository_unload_and_load_go_through_the_engine(kg):
+    async def scenario(rt):
+        pb, stub = rt.pb, rt.stub
+        reply = await stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="mlp"))
+        assert (reply.model_name, reply.isUnloaded) == ("mlp", True)
+        assert not rt.engine.model_ready("mlp")
+        # known but not loaded: not ready, and unavailable with REST's words
+        assert not (await stub.ModelReady(pb.ModelReadyRequest(name="mlp"))).ready
+        for call in (stub.ModelMetadata(pb.ModelMetadataRequest(name="mlp")),
+                     stub.ModelInfer(infer_request(pb))):
+            assert await expect(call, grpc.StatusCode.UNAVAILABLE) == (
+                "model 'mlp' is unavailable")
+
+        reply = await stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="mlp"))
+        assert (reply.model_name, reply.isLoaded) == ("mlp", True)
+        assert rt.engine.model_ready("mlp")
+        assert (await stub.ModelReady(pb.ModelReadyRequest(name="mlp"))).ready
+        meta = await stub.ModelMetadata(pb.ModelMetadataRequest(name="mlp"))
+        assert (meta.name, list(meta.versions), meta.inputs[0].name) == ("mlp", ["1"], "x")
+        out = await stub.ModelInfer(infer_request(pb))
+        assert out.model_name == "mlp" and list(out.outputs[0].shape) == [2, 3]
+
+    run(kg, scenario)
+
+
+def test_rest_and_grpc_on_one_engine_never_disagree(kg):
+    """Unloaded or loaded through either API, both answer alike, with the same words."""
+    async def scenario(rt):
+        pb, stub = rt.pb, rt.stub
+        app = FastAPI()
+        install(app, rt.engine, Limits(max_body_bytes=1 << 20), RepositoryAccess())
+        body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 4],
+                            "data": X.ravel().tolist()}]}
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://deft") as rest:
+            assert (await rest.post("/v2/repository/models/mlp/unload")).status_code == 200
+            assert "mlp" not in rt.registry.models
+            r = await rest.post("/v2/models/mlp/infer", json=body)
+            assert r.status_code == 503
+            assert await expect(stub.ModelInfer(infer_request(pb)),
+                                grpc.StatusCode.UNAVAILABLE) == r.json()["error"]
+            assert (await rest.get("/v2/models/mlp/ready")).json()["ready"] is False
+            assert not (await stub.ModelReady(pb.ModelReadyRequest(name="mlp"))).ready
+
+            await stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="mlp"))
+            assert "mlp" in rt.registry.models
+            assert (await rest.post("/v2/models/mlp/infer", json=body)).status_code == 200
+            assert (await stub.ModelInfer(infer_request(pb))).model_name == "mlp"
+
+            await stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="mlp"))
+            r = await rest.post("/v2/models/mlp/infer", json=body)
+            assert r.status_code == 503
+            assert await expect(stub.ModelInfer(infer_request(pb)),
+                                grpc.StatusCode.UNAVAILABLE) == r.json()["error"]
+
+    run(kg, scenario)
+
+
+def test_repository_calls_for_an_unknown_model_are_not_found_with_rests_words(kg):
+    async def scenario(rt):
+        pb, stub = rt.pb, rt.stub
+        for call in (stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="ghost")),
+                     stub.RepositoryModelUnload(
+                         pb.RepositoryModelUnloadRequest(model_name="ghost"))):
+            assert await expect(call, grpc.StatusCode.NOT_FOUND) == "model 'ghost' is not found"
+        assert rt.engine.model_ready("mlp")
+
+    run(kg, scenario)
+
+
+def test_triton_repository_requests_name_the_model_in_field_2(kg):
+    """tritonclient.grpc speaks Triton's proto: ``repository_name`` is field 1 and
+    ``model_name`` field 2 (bytes as it writes them); an empty name is refused as such."""
+    async def scenario(rt):
+        pb, stub = rt.pb, rt.stub
+        unload = pb.RepositoryModelUnloadRequest.FromString(b"\x12\x03mlp")
+        assert unload.model_name == ""  # what kserve's own servicer took for the name
+        assert (await stub.RepositoryModelUnload(unload)).model_name == "mlp"
+        assert not rt.engine.model_ready("mlp")
+        load = pb.RepositoryModelLoadRequest.FromString(b"\x0a\x04repo\x12\x03mlp")
+        assert (await stub.RepositoryModelLoad(load)).model_name == "mlp"
+        assert rt.engine.model_ready("mlp")
+        for call in (stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest()),
+                     stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest())):
+            assert await expect(call, grpc.StatusCode.INVALID_ARGUMENT) == "model name is empty"
+
+    run(kg, scenario)
+
+
+REFUSALS = [
+    (RepositoryAccess(enabled=False), None, 403, grpc.StatusCode.PERMISSION_DENIED),
+    (RepositoryAccess(token="s3cret"), None, 401, grpc.StatusCode.UNAUTHENTICATED),
+    (RepositoryAccess(token="s3cret"), "Bearer wrong", 401, grpc.StatusCode.UNAUTHENTICATED),
+    (RepositoryAccess(token="s3cret"), "s3cret", 401, grpc.StatusCode.UNAUTHENTICATED),
+]
+
+
+@pytest.mark.parametrize(("access", "authorization", "status", "code"), REFUSALS)
+def test_repository_refusals_are_rests_over_grpc(kg, access, authorization, status, code):
+    headers = {"authorization": authorization} if authorization else {}
+    with rest_client(access) as (client, _):
+        r = client.post("/v2/repository/models/mlp/unload", headers=headers)
+    assert r.status_code == status
+    words = r.json()["error"]
+    metadata = (("authorization", authorization),) if authorization else None
+
+    async def scenario(rt):
+        pb, stub = rt.pb, rt.stub
+        for call in (
+            stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="mlp"),
+                                       metadata=metadata),
+            stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="ghost"),
+                                     metadata=metadata),
+        ):
+            assert await expect(call, code) == words
+        assert rt.engine.model_ready("mlp") and "mlp" in rt.registry.models
+
+    run(kg, scenario, access=access)
+
+
+@pytest.mark.parametrize("authorization", ["Bearer s3cret", "bearer s3cret", "BEARER  s3cret"])
+def test_the_bearer_scheme_is_matched_case_insensitively(kg, authorization):
+    access = RepositoryAccess(token="s3cret")
+    with rest_client(access) as (client, engine):
+        r = client.post("/v2/repository/models/mlp/unload",
+                        headers={"authorization": authorization})
+        assert r.status_code == 200, r.text
+        assert not engine.model_ready("mlp")
+
+    async def scenario(rt):
+        reply = await rt.stub.RepositoryModelUnload(
+            rt.pb.RepositoryModelUnloadRequest(model_name="mlp"),
+            metadata=(("authorization", authorization),))
+        assert reply.isUnloaded and not rt.engine.model_ready("mlp")
+
+    run(kg, scenario, access=access)
+
+
+def test_an_unknown_model_or_version_is_not_found_with_rests_words(kg):
+    with rest_client() as (client, _):
+        words = {path: client.get(path).json()["error"]
+                 for path in ("/v2/models/mlp/versions/7", "/v2/models/mlp/versions/7/ready",
+                              "/v2/models/nope", "/v2/models/nope/ready")}
+    assert len(set(words.values())) == 2
+
+    async def scenario(rt):
+        pb, stub = rt.pb, rt.stub
+        for name, version, path in [("mlp", "7", "/v2/models/mlp/versions/7"),
+                                    ("nope", "", "/v2/models/nope")]:
+            for call in (stub.ModelMetadata(pb.ModelMetadataRequest(name=name, version=version)),
+                         stub.ModelReady(pb.ModelReadyRequest(name=name, version=version)),
+                         stub.ModelInfer(infer_request(pb, name, version))):
+                assert await expect(call, grpc.StatusCode.NOT_FOUND) == words[path]
+        assert (await stub.ModelReady(pb.ModelReadyRequest(name="mlp", version="1"))).ready
+        meta = await stub.ModelMetadata(pb.ModelMetadataRequest(name="mlp", version="1"))
+        assert list(meta.versions) == ["1"]
+        assert (await stub.ModelInfer(infer_request(pb, version="1"))).model_name == "mlp"
+
+    run(kg, scenario)
+
+
+def _uint64(value: int) -> bytes:
+    """An InferParameter with Triton's ``uint64_param`` (field 5, varint), as bytes."""
+    out = bytearray(b"\x28")
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _bad_parameters(pb):
+    param = pb.InferParameter
+    double = param.FromString(b"\x21" + np.float64(5.0).tobytes())  # Triton's double_param
+    return [
+        ("priority", param(int64_param=-1), "must be a non-negative integer"),
+        ("timeout", param(int64_param=-5), "must be a non-negative integer"),
+        ("priority", param(bool_param=True), "must be a non-negative integer"),
+        ("timeout", param(string_param="5"), "must be a non-negative integer"),
+        ("timeout", double, "must be a non-negative integer"),
+        ("timeout", param.FromString(_uint64(1 << 63)), "at most 2**63-1"),
+        ("priority", param.FromString(_uint64((1 << 64) - 1)), "at most 2**63-1"),
+    ]
+
+
+def test_bad_priority_and_timeout_parameters_are_invalid_with_rests_words(kg):
+    with rest_client() as (client, _):
+        rest = {}
+        for key, value in [("priority", -1), ("timeout", -5), ("timeout", 1 << 63)]:
+            body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 4],
+                                "data": X.ravel().tolist()}], "parameters": {key: value}}
+            r = client.post("/v2/models/mlp/infer", content=json.dumps(body))
+            assert r.status_code == 400, r.text
+            rest[key, value] = r.json()["error"]
+    assert rest["priority", -1] == (
+        "request parameter 'priority' must be a non-negative integer of at most 2**63-1")
+    assert rest["timeout", 1 << 63] == (
+        "request parameter 'timeout' must be a non-negative integer of at most 2**63-1")
+
+    async def scenario(rt):
+        pb, stub = rt.pb, rt.stub
+        for key, value, needle in _bad_parameters(pb):
+            details = await expect(stub.ModelInfer(infer_request(pb, parameters={key: value})),
+                                   grpc.StatusCode.INVALID_ARGUMENT)
+            assert details.startswith(f"request parameter '{key}' ") and needle in details
+        assert await expect(
+            stub.ModelInfer(infer_request(pb, parameters={"priority": pb.InferParameter(
+                int64_param=-1)})), grpc.StatusCode.INVALID_ARGUMENT) == rest["priority", -1]
+        assert await expect(
+            stub.ModelInfer(infer_request(pb, parameters={"timeout": pb.InferParameter.FromString(
+                _uint64(1 << 63))})), grpc.StatusCode.INVALID_ARGUMENT) == rest["timeout", 1 << 63]
+        good = {"priority": pb.InferParameter(int64_param=2),
+                "timeout": pb.InferParameter.FromString(_uint64((1 << 63) - 1))}
+        assert (await stub.ModelInfer(infer_request(pb, parameters=good))).model_name == "mlp"
+
+    run(kg, scenario)
+
+
+def test_rest_refuses_a_priority_or_timeout_past_2_63_as_grpc_does():
+    with rest_client() as (client, _):
+        for key in ("priority", "timeout"):
+            for value, status in [((1 << 63) - 1, 200), (1 << 63, 400), ((1 << 64) - 1, 400)]:
+                body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 4],
+                                    "data": X.ravel().tolist()}], "parameters": {key: value}}
+                r = client.post("/v2/models/mlp/infer", content=json.dumps(body))
+                assert r.status_code == status, (key, value, r.text)
+                if status == 400:
+                    assert "at most 2**63-1" in r.json()["error"]
