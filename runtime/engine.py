@@ -362,6 +362,11 @@ class Engine:
             raise ModelNotFound(name)
         entry.state = ModelState.UNAVAILABLE
         entry.served = None
+        if name not in self._available():
+            # not in the repository (placed by ModelMesh, say): once unloaded, not known here
+            # at all (404 / NOT_FOUND), where a repository model stays known (503 /
+            # UNAVAILABLE) and may be loaded again
+            self._models.pop(name, None)
         for inbox in self._inboxes():
             inbox.call(lambda s: s.remove_model(name))
         for hook in self.on_unloaded:

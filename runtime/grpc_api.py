@@ -20,10 +20,13 @@ from concurrent import futures
 from typing import Any
 
 from google.protobuf.unknown_fields import UnknownFieldSet
-from grpc import ServicerContext, aio
+from grpc import ServicerContext, StatusCode, aio
 from grpc_interceptor.exceptions import InvalidArgument
 from kserve import ModelServer
 from kserve import model_server as kserve_model_server
+from kserve.errors import InvalidInput as KServeInvalidInput
+from kserve.errors import ModelNotFound as KServeModelNotFound
+from kserve.errors import UnsupportedProtocol
 from kserve.model_repository import ModelRepository
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
@@ -166,21 +169,44 @@ class DeftServicer(InferenceServicer):  # type: ignore[misc]
         return pb.RepositoryModelUnloadResponse(model_name=name, isUnloaded=True)
 
 
+class ClientErrorsToStatus(ExceptionToStatusInterceptor):  # type: ignore[misc]
+    """kserve's exceptions-to-status mapping, except that a client's mistake (bad input, an
+    unknown model) is logged as one line, as the REST server logs a 4xx, not as an error
+    with a traceback; the server's own errors are logged as kserve logs them."""
+
+    async def handle_exception(
+        self, ex: Exception, request_or_iterator: Any, context: ServicerContext,
+        method_name: str,
+    ) -> None:
+        if isinstance(ex, (KServeInvalidInput, UnsupportedProtocol)):
+            code = StatusCode.INVALID_ARGUMENT
+        elif isinstance(ex, KServeModelNotFound):
+            code = StatusCode.NOT_FOUND
+        else:
+            await super().handle_exception(ex, request_or_iterator, context, method_name)
+            return
+        log.info("%s: %s %s", method_name, code.name, ex.reason)
+        await context.abort(code, ex.reason)
+
+
 def make_server(
-    servicer: InferenceServicer, max_workers: int, options: dict[str, Any] | None = None
+    servicer: InferenceServicer, max_workers: int, options: dict[str, Any] | None = None,
+    log_calls: bool = True,
 ) -> aio.Server:
-    """A grpc.aio server serving ``servicer`` with kserve's interceptors (its method log,
-    its exceptions-to-status mapping); ``options``: kserve's command-line arguments, of which
-    the message size limits apply. No port yet."""
+    """A grpc.aio server serving ``servicer`` with kserve's interceptors (its line per call,
+    unless ``log_calls`` is off; its exceptions-to-status mapping, quiet about clients'
+    mistakes); ``options``: kserve's command-line arguments, of which the message size limits
+    apply. No port yet."""
     options = options or {}
     channel_options = [
         (f"grpc.{key}", options[f"grpc_{key}"])
         for key in ("max_send_message_length", "max_receive_message_length")
         if options.get(f"grpc_{key}") is not None
     ]
+    interceptors = (LoggingInterceptor(),) if log_calls else ()
     server = aio.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
-        interceptors=(LoggingInterceptor(), ExceptionToStatusInterceptor()),
+        interceptors=(*interceptors, ClientErrorsToStatus()),
         options=channel_options,
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
@@ -194,15 +220,17 @@ class DeftGRPCServer(GRPCServer):  # type: ignore[misc]
         self, port: int, data_plane: DataPlane,
         model_repository_extension: ModelRepositoryExtension, kwargs: dict[str, Any],
         grace_period: int, *, engine: Engine, access: RepositoryAccess,
+        log_calls: bool = True,
     ) -> None:
         super().__init__(port, data_plane, model_repository_extension, kwargs, grace_period)
         self._engine = engine
         self._access = access
+        self._log_calls = log_calls
 
     async def start(self, max_workers: int) -> None:
         servicer = DeftServicer(
             self._data_plane, self._model_repository_extension, self._engine, self._access)
-        self._server = make_server(servicer, max_workers, self._kwargs)
+        self._server = make_server(servicer, max_workers, self._kwargs, self._log_calls)
         listen_addr = f"[::]:{self._port}"
         self._server.add_insecure_port(listen_addr)
         log.info("gRPC server on %s, %d workers", listen_addr, max_workers)
@@ -216,19 +244,20 @@ class DeftModelServer(ModelServer):  # type: ignore[misc]
 
     def __init__(
         self, engine: Engine, access: RepositoryAccess, *, enable_grpc: bool = True,
-        **kwargs: Any,
+        access_log: bool = True, **kwargs: Any,
     ) -> None:
         super().__init__(enable_grpc=False, **kwargs)
         self.deft_grpc = enable_grpc
         self._engine = engine
         self._access = access
+        self._access_log = access_log  # off: no line per gRPC call either
 
     async def _serve(self) -> None:
         if self.deft_grpc:
             self._grpc_server = DeftGRPCServer(
                 self.grpc_port, self.dataplane, self.model_repository_extension,
                 kwargs=vars(kserve_model_server.args), grace_period=self.grace_period,
-                engine=self._engine, access=self._access,
+                engine=self._engine, access=self._access, log_calls=self._access_log,
             )
             self.servers.append(self._grpc_server.start(self.max_threads))
         await super()._serve()

@@ -12,6 +12,7 @@ import asyncio
 import collections
 import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -243,6 +244,22 @@ async def _optional_object(request: Request) -> dict[str, Any]:
     return doc
 
 
+def _repository_parameters(doc: dict[str, Any], action: str) -> None:
+    """A load or unload request's ``parameters``: an object, if given. Models load from the
+    server's repository as configured there: a load that brings a configuration or files of
+    its own (tritonclient's ``config``, ``file:<path>``) is refused rather than loaded
+    without them."""
+    parameters = doc.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise errors.InvalidInput(f"{action} request 'parameters' must be an object")
+    if action == "load":
+        brought = sorted(k for k in parameters if k == "config" or k.startswith("file:"))
+        if brought:
+            raise errors.InvalidInput(
+                f"load parameters {brought} are not supported: models load from the "
+                "server's repository with the configuration found there")
+
+
 async def _cancel_on_disconnect(request: Request, task: asyncio.Task[Any]) -> bool:
     """Cancels ``task`` when the client goes away; True once it has."""
     while True:
@@ -276,10 +293,33 @@ def _check_version(engine: Engine, model_name: str, model_version: str | None) -
             raise errors.ModelNotFound(model_name, model_version)
 
 
-def infer_handler(engine: Engine, limits: Limits) -> Callable[..., Awaitable[Response]]:
+@dataclass(frozen=True)
+class StageHistograms:
+    """KServe's per-request histograms (``request_preprocess_seconds``,
+    ``request_predict_seconds``, ``request_postprocess_seconds``, labelled by ``model_name``),
+    which KServe's own infer path fills: Deft's REST infer fills them too, with its decoding,
+    its run on the engine and its encoding. Passed in by the entry point (kserve parses
+    ``sys.argv`` when it is imported)."""
+
+    preprocess: Any
+    predict: Any
+    postprocess: Any
+
+    @classmethod
+    def from_kserve(cls) -> StageHistograms:
+        from kserve.metrics import POST_HIST_TIME, PRE_HIST_TIME, PREDICT_HIST_TIME
+
+        return cls(PRE_HIST_TIME, PREDICT_HIST_TIME, POST_HIST_TIME)
+
+
+def infer_handler(
+    engine: Engine, limits: Limits, stages: StageHistograms | None = None
+) -> Callable[..., Awaitable[Response]]:
     """``POST /v2/models/{name}[/versions/{version}]/infer``: read, decode (off the loop
     where it costs), run on the engine, encode. Served by the router and, ahead of the
-    whole middleware stack, by ``InferFastPath``."""
+    whole middleware stack, by ``InferFastPath``. ``stages``: histograms to time each
+    stage in."""
+    clock = time.perf_counter
 
     @_guard
     async def infer(
@@ -305,10 +345,12 @@ def infer_handler(engine: Engine, limits: Limits) -> Callable[..., Awaitable[Res
         # A small binary request decodes in microseconds (numpy views of the body): on the
         # loop it saves two thread hops. Anything else (JSON, compressed, large) decodes in a
         # worker thread so that the loop keeps serving meanwhile.
+        t0 = clock()
         if _decodes_inline(body, headers):
             decoded = decode()
         else:
             decoded = await asyncio.get_running_loop().run_in_executor(None, decode)
+        t1 = clock()
         plan = decoded.output_plan([s.name for s in served.outputs])
         # The job is submitted from this task, and its answer resumes this task in the event
         # loop's next turn after the executor posts it. A task of its own, asyncio.wait and
@@ -331,11 +373,16 @@ def infer_handler(engine: Engine, limits: Limits) -> Callable[..., Awaitable[Res
             return error_response("client disconnected", 499)
         finally:
             gone.cancel()
+        t2 = clock()
         selected = {o.name: outputs[o.name] for o in plan}
         binary = {o.name for o in plan if o.binary_data}
         payload, out_headers = encode_response(
             model_name, served.version, decoded.id, selected, served.outputs, binary
         )
+        if stages is not None:
+            stages.preprocess.labels(model_name=model_name).observe(t1 - t0)
+            stages.predict.labels(model_name=model_name).observe(t2 - t1)
+            stages.postprocess.labels(model_name=model_name).observe(clock() - t2)
         return Response(payload, 200, out_headers)
 
     return infer
@@ -396,14 +443,14 @@ def build_router(
     @_guard
     async def repository_load(request: Request, model_name: str) -> Response:
         access.check(request)
-        await _optional_object(request)
+        _repository_parameters(await _optional_object(request), "load")
         await engine.load(model_name)
         return _json({"name": model_name, "load": True})
 
     @_guard
     async def repository_unload(request: Request, model_name: str) -> Response:
         access.check(request)
-        await _optional_object(request)
+        _repository_parameters(await _optional_object(request), "unload")
         await engine.unload(model_name)
         return _json({"name": model_name, "unload": True})
 
@@ -493,10 +540,12 @@ def quiet_access_log() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def install(app: FastAPI, engine: Engine, limits: Limits, access: RepositoryAccess) -> None:
+def install(app: FastAPI, engine: Engine, limits: Limits, access: RepositoryAccess,
+            stages: StageHistograms | None = None) -> None:
     """Put Deft's routes and v2 error mapping on ``app`` (before kserve adds its routes and
-    middlewares), and ``InferFastPath`` in front of its middleware stack."""
-    infer = infer_handler(engine, limits)
+    middlewares), and ``InferFastPath`` in front of its middleware stack; infer requests
+    time their stages in ``stages``."""
+    infer = infer_handler(engine, limits, stages)
     app.include_router(build_router(engine, limits, access, infer))
     build = app.build_middleware_stack  # called once, at the app's first request
 

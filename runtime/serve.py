@@ -22,7 +22,7 @@ from runtime.engine import Engine, EngineOptions, ServedModel
 from runtime.errors import ModelLoadError
 from runtime.grpc_api import DeftModelServer, model_registry
 from runtime.heap import reclaim_heap, settle_heap
-from runtime.http import RepositoryAccess, install, quiet_access_log
+from runtime.http import RepositoryAccess, StageHistograms, install, quiet_access_log
 from runtime.kserve_model import DeftModel
 from runtime.metrics import Metrics
 from runtime.priorities import PriorityFileWatcher
@@ -161,7 +161,8 @@ def main(cfg: RuntimeConfig) -> int:
 
     limits = Limits(max_body_bytes=cfg.max_body_bytes, max_tensor_elements=cfg.max_tensor_elements)
     access = RepositoryAccess(enabled=cfg.repository_api, token=cfg.repository_token)
-    install(kserve_model_server.app, engine, limits, access)
+    # KServe's request_*_seconds histograms count REST infers too, as on KServe's own path
+    install(kserve_model_server.app, engine, limits, access, StageHistograms.from_kserve())
 
     # models loaded later through the repository API (REST or gRPC) are served over gRPC too
     registry = model_registry(engine, str(model_dir))
@@ -179,6 +180,7 @@ def main(cfg: RuntimeConfig) -> int:
         http_port=cfg.http_port,
         grpc_port=cfg.grpc_port,
         enable_grpc=cfg.enable_grpc,
+        access_log=cfg.access_log,
         registered_models=registry,
         grace_period=cfg.grace_period_s,
         workers=1,

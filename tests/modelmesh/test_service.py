@@ -106,7 +106,8 @@ def test_unload_is_idempotent_and_frees_the_model(tmp_path, tiny_pt2):
         await m.unload(DETECTOR)
         await m.unload(DETECTOR)
         assert m.registered == set() and m.models.used_bytes == 0
-        assert not m.engine.model_ready(DETECTOR)
+        assert DETECTOR not in m.engine.ready_models()
+        assert DETECTOR not in [e["name"] for e in m.engine.index()]  # not known any more
         await expect_code(m.stub.modelSize(pb.ModelSizeRequest(modelId=DETECTOR)),
                           grpc.StatusCode.NOT_FOUND)
         assert await m.load(DETECTOR, folder) == LOADED_SIZE  # loads again after an unload
@@ -167,7 +168,7 @@ def test_runtime_status_purges_loaded_and_loading_models(tmp_path, tiny_pt2):
         status = await m.status()
         assert status.status == pb.RuntimeStatusResponse.STARTING  # a purged load still runs
         assert m.registered == set() and m.models.loaded() == []
-        assert not m.engine.model_ready(DETECTOR) and not m.engine.model_ready(CLASSIFIER)
+        assert not {DETECTOR, CLASSIFIER} & {e["name"] for e in m.engine.index()}
         m.loader.release.set()
         await expect_code(loading, grpc.StatusCode.CANCELLED)
         status = await m.status()

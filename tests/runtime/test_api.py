@@ -170,6 +170,21 @@ def test_repository_requests_take_an_empty_body_or_a_json_object(client):
     assert client.post("/v2/repository/models/mlp/load", content="{}").status_code == 200
 
 
+def test_repository_load_and_unload_parameters(client):
+    load, unload = "/v2/repository/models/mlp/load", "/v2/repository/models/mlp/unload"
+    for path in (load, unload):
+        r = client.post(path, content=json.dumps({"parameters": 5}))
+        assert r.status_code == 400 and "'parameters' must be an object" in r.json()["error"]
+    # what tritonclient sends with a configuration or files of its own: not loaded without
+    for params in ({"config": "{}"}, {"file:1/model.pt2": "AAAA"}):
+        r = client.post(load, content=json.dumps({"parameters": params}))
+        assert r.status_code == 400 and "not supported" in r.json()["error"], r.text
+    # what tritonclient's unload sends, and a load with nothing of its own
+    body = json.dumps({"parameters": {"unload_dependents": False}})
+    assert client.post(unload, content=body).status_code == 200
+    assert client.post(load, content=json.dumps({"parameters": {}})).status_code == 200
+
+
 def test_repository_api_disabled_or_behind_a_token(served):
     model, _ = served
     engine = make_engine([model])
@@ -383,3 +398,29 @@ def test_an_unexpected_error_in_infer_is_a_v2_500(client, monkeypatch):
     assert client.post("/v2/models/mlp/infer", content=json_body()).status_code == 500
     monkeypatch.undo()
     assert client.post("/v2/models/mlp/infer", content=json_body()).status_code == 200
+
+
+def test_infer_requests_time_their_stages_in_kservers_histograms(served):
+    # histograms shaped as KServe's request_*_seconds, in a registry of the test's own
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from runtime.http import StageHistograms
+
+    registry = CollectorRegistry()
+    stages = StageHistograms(*(
+        Histogram(f"request_{name}_seconds", name, ["model_name"], registry=registry)
+        for name in ("preprocess", "predict", "postprocess")))
+    model, _ = served
+    engine = make_engine([model])
+    engine.start()
+    app = FastAPI()
+    install(app, engine, Limits(), RepositoryAccess(), stages)
+    with TestClient(app) as c:
+        for _ in range(3):
+            assert c.post("/v2/models/mlp/infer", content=json_body()).status_code == 200
+        assert c.post("/v2/models/mlp/infer", content="{").status_code == 400  # not counted
+    engine.stop(1.0)
+    for name in ("preprocess", "predict", "postprocess"):
+        count = registry.get_sample_value(f"request_{name}_seconds_count", {"model_name": "mlp"})
+        total = registry.get_sample_value(f"request_{name}_seconds_sum", {"model_name": "mlp"})
+        assert count == 3 and total > 0

@@ -13,6 +13,7 @@ import torch
 from runtime.engine import EngineOptions
 from runtime.errors import (
     InferenceFailed,
+    ModelNotFound,
     ModelNotReady,
     QueueFull,
     RequestTimeout,
@@ -431,3 +432,23 @@ def test_batch_chunks_calibrate_the_profile_and_report_the_speed_ratio(calibrate
     assert gauge == factor == s.measured_speed("b") and 0.25 <= factor <= 4.0
     assert s.profiles["b"].units(1) == pytest.approx(
         [d * factor for d in s.profiled["b"].units(1)])
+
+
+def test_an_unloaded_model_stays_known_only_where_the_repository_has_it():
+    repo_model, _ = served_mlp("mlp")
+    placed, _ = served_mlp("placed")  # served, but not in the repository (ModelMesh's kind)
+    engine = make_engine([repo_model, placed], names=["mlp"])
+    engine.start()
+
+    async def go():
+        await engine.unload("mlp")
+        await engine.unload("placed")
+
+    run(go())
+    engine.stop(1.0)
+    assert engine.model_ready("mlp") is False
+    with pytest.raises(ModelNotReady):
+        engine.model("mlp")
+    with pytest.raises(ModelNotFound):
+        engine.model_ready("placed")
+    assert [m["name"] for m in engine.index()] == ["mlp"]

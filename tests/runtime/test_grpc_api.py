@@ -369,3 +369,48 @@ def test_rest_refuses_a_priority_or_timeout_past_2_63_as_grpc_does():
                 assert r.status_code == status, (key, value, r.text)
                 if status == 400:
                     assert "at most 2**63-1" in r.json()["error"]
+
+
+def test_a_client_s_mistake_is_logged_as_one_line_and_a_call_line_follows_the_access_log(
+        kg, caplog):
+    import logging
+
+    async def scenario(rt):
+        await expect(rt.stub.ModelInfer(infer_request(rt.pb, name="ghost")),
+                     grpc.StatusCode.NOT_FOUND)
+        await expect(rt.stub.ModelInfer(infer_request(rt.pb, parameters={
+            "priority": rt.pb.InferParameter(int64_param=-1)})),
+            grpc.StatusCode.INVALID_ARGUMENT)
+
+    with caplog.at_level(logging.INFO):
+        run(kg, scenario)
+    mistakes = [r for r in caplog.records if "ModelInfer" in r.getMessage()
+                and ("NOT_FOUND" in r.getMessage() or "INVALID_ARGUMENT" in r.getMessage())]
+    assert len(mistakes) == 2
+    assert all(r.levelno == logging.INFO and not r.exc_info for r in mistakes)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+    async def calls(log_calls):
+        caplog.clear()
+        model, _ = served_mlp()
+        engine = make_engine([model])
+        engine.start()
+        registry = kg.grpc_api.model_registry(engine)
+        servicer = kg.grpc_api.DeftServicer(
+            kg.DataPlane(model_registry=registry), kg.ModelRepositoryExtension(registry),
+            engine, RepositoryAccess())
+        server = kg.grpc_api.make_server(servicer, 1, log_calls=log_calls)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = kg.pb_grpc.GRPCInferenceServiceStub(channel)
+                await stub.ServerLive(kg.pb.ServerLiveRequest())
+        finally:
+            await server.stop(0)
+            engine.stop(1.0)
+        return [r for r in caplog.records if "grpc method" in r.getMessage()]
+
+    with caplog.at_level(logging.INFO):
+        assert len(asyncio.run(calls(True))) == 1
+        assert asyncio.run(calls(False)) == []
