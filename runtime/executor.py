@@ -457,6 +457,7 @@ class ResultListener:
         self.clock = clock
         # a model's measured speed against its profile (None: not measured enough yet)
         self.speed = speed
+        self._speed_shown: dict[str, float] = {}
 
     def on_chunk(self, done: ChunkDone, chunk: RunChunk) -> None:
         job = done.job
@@ -465,7 +466,8 @@ class ResultListener:
         if not job.latency_critical:
             self.metrics.sync_interval.labels(job.model).set(done.end - done.start)
         ratio = self.speed(job.model) if self.speed is not None else None
-        if ratio is not None:
+        if ratio is not None and self._speed_shown.get(job.model) != ratio:
+            self._speed_shown[job.model] = ratio
             self.metrics.speed_ratio.labels(job.model).set(ratio)
         if chunk.preempted is not None:
             p = chunk.preempted

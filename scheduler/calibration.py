@@ -56,8 +56,9 @@ class SpeedCalibration:
         m.ratios.append(measured_s / predicted_s)
         m.chunks += 1
         m.new += 1
-        # recomputed every few chunks once there are enough: a median over the window
-        if len(m.ratios) < self.min_samples or m.new < max(1, self.min_samples // 2):
+        # recomputed every ``min_samples`` chunks once there are enough: a median over the
+        # window (on the executor thread, between chunks)
+        if len(m.ratios) < self.min_samples or m.new < self.min_samples:
             return False
         m.new = 0
         lo, hi = self.bounds

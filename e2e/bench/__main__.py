@@ -234,7 +234,7 @@ def serving_overhead(server: ServerProcess, in_process: Any, spec: dict, batch_s
 
     name, x = make_input(spec, batch_size, seed=7)
     return alternating_throughput(server.url, spec["name"], x, name, in_process,
-                                  windows=2 if quick else 3, window_s=1.5 if quick else 3.5,
+                                  windows=2 if quick else 3, window_s=1.0 if quick else 3.5,
                                   warm_s=0.5 if quick else 1.0)
 
 
@@ -463,8 +463,8 @@ def main(argv: list[str] | None = None) -> int:
     mix_spec = args.mixes or (GPU_DEVICE_MIXES if bound else
                               GPU_MIXES if gpu and not quick else None)
     mixes = [load_bench_workload(p) for p in find_mixes(mix_spec, quick)]
-    phases = Phases(solo_s=2.0, reference_solo_s=2.5, batch_only_s=2.0, warm_s=0.8,
-                    mixed_scale=0.35, probe_requests=30, lc_timeout_s=10.0,
+    phases = Phases(solo_s=1.5, reference_solo_s=2.0, batch_only_s=1.5, warm_s=0.8,
+                    mixed_scale=0.3, probe_requests=30, lc_timeout_s=10.0,
                     paired_rounds=0, primary_batch_after=False) if quick else Phases()
 
     from e2e.bench.models import model_specs, subset_repository, write_bench_repository
