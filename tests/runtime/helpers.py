@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
+from collections.abc import Iterator
+
 import torch
 from prometheus_client import CollectorRegistry
 
@@ -66,3 +70,15 @@ def make_engine(models: list[ServedModel], policy: str = "deft", clock=None,
     for m in models:
         engine.add_served(m)
     return engine
+
+
+@contextlib.contextmanager
+def kserve_argv() -> Iterator[None]:
+    """kserve parses ``sys.argv`` when it is imported: import it inside this block, with a
+    command line of its own rather than pytest's."""
+    saved = sys.argv
+    sys.argv = ["deft"]
+    try:
+        yield
+    finally:
+        sys.argv = saved

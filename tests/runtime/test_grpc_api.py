@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +21,7 @@ from fastapi.testclient import TestClient
 from runtime.codec import Limits
 from runtime.engine import Engine
 from runtime.http import EXTENSIONS, SERVER_NAME, SERVER_VERSION, RepositoryAccess, install
-from tests.runtime.helpers import make_engine, served_mlp
+from tests.runtime.helpers import kserve_argv, make_engine, served_mlp
 
 X = np.arange(8, dtype=np.float32).reshape(2, 4) / 10
 
@@ -40,17 +39,13 @@ class Kserve:
 def kg():
     """kserve's gRPC pieces and Deft's servicer (kserve parses sys.argv when it is imported:
     import it with a command line of its own)."""
-    saved = sys.argv
-    sys.argv = ["deft"]
-    try:
+    with kserve_argv():
         from kserve.protocol.dataplane import DataPlane
         from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
         from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
         from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 
         import runtime.grpc_api as grpc_api
-    finally:
-        sys.argv = saved
     return Kserve(pb, pb_grpc, grpc_api, DataPlane, ModelRepositoryExtension)
 
 

@@ -3,12 +3,11 @@ as the REST decoder, checked on kserve's own request objects."""
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 
 from runtime.tensors import TensorSpec
+from tests.runtime.helpers import kserve_argv
 
 INPUTS = (TensorSpec("image", "FP32", (-1, 3, 4, 4)), TensorSpec("mask", "BOOL", (-1, 4)))
 OUTPUTS = (TensorSpec("scores", "FP32", (-1, 2)), TensorSpec("boxes", "FP32", (-1, 4)))
@@ -16,15 +15,10 @@ OUTPUTS = (TensorSpec("scores", "FP32", (-1, 2)), TensorSpec("boxes", "FP32", (-
 
 @pytest.fixture(scope="module")
 def km():
-    # kserve parses sys.argv when it is imported: import it with a command line of its own
-    saved = sys.argv
-    sys.argv = ["deft"]
-    try:
+    with kserve_argv():
         import kserve.protocol.infer_type as infer_type
 
         import runtime.kserve_model as kserve_model
-    finally:
-        sys.argv = saved
     return kserve_model, infer_type
 
 
