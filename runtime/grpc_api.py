@@ -42,6 +42,7 @@ from runtime.http import (
     SERVER_NAME,
     SERVER_VERSION,
     RepositoryAccess,
+    check_load_parameters,
 )
 from runtime.http import _check_version as check_version
 from runtime.kserve_model import DeftModel, as_kserve_errors
@@ -69,6 +70,56 @@ def repository_model_name(request: Any) -> str:
     if not name:
         raise InvalidArgument("model name is empty")
     return name
+
+
+# Triton's RepositoryModelLoadRequest carries its parameters (a map: entries of key, field 1,
+# and value) in field 3
+TRITON_PARAMETERS_FIELD = 3
+
+
+def _map_key(entry: bytes) -> str | None:
+    """The key (field 1, a string) of one serialized map entry, None where it has none."""
+    i = 0
+    while i < len(entry):
+        tag, i = _varint(entry, i)
+        number, wire = tag >> 3, tag & 7
+        if wire == 0:
+            _, i = _varint(entry, i)
+        elif wire == _LENGTH_DELIMITED:
+            size, i = _varint(entry, i)
+            if number == 1:
+                return entry[i:i + size].decode("utf-8", "replace")
+            i += size
+        elif wire in (1, 5):
+            i += 8 if wire == 1 else 4
+        else:
+            return None
+    return None
+
+
+def _varint(data: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while i < len(data):
+        byte = data[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, i
+    raise InvalidArgument("malformed request")
+
+
+def triton_load_parameter_keys(request: Any) -> list[str]:
+    """The keys of the parameters a Triton RepositoryModelLoadRequest brings (KServe's proto
+    has none: they arrive among its message's unknown fields)."""
+    keys = []
+    for field in UnknownFieldSet(request):
+        if field.field_number == TRITON_PARAMETERS_FIELD and \
+                field.wire_type == _LENGTH_DELIMITED:
+            key = _map_key(bytes(field.data))
+            if key is not None:
+                keys.append(key)
+    return keys
 
 
 def model_registry(engine: Engine, models_dir: str | None = None) -> ModelRepository:
@@ -157,6 +208,7 @@ class DeftServicer(InferenceServicer):  # type: ignore[misc]
     ) -> pb.RepositoryModelLoadResponse:
         name = self._repository_call(request, context)
         with as_kserve_errors():
+            check_load_parameters(triton_load_parameter_keys(request))
             await self._engine.load(name)
         return pb.RepositoryModelLoadResponse(model_name=name, isLoaded=True)
 

@@ -13,7 +13,7 @@ import collections
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -253,11 +253,17 @@ def _repository_parameters(doc: dict[str, Any], action: str) -> None:
     if not isinstance(parameters, dict):
         raise errors.InvalidInput(f"{action} request 'parameters' must be an object")
     if action == "load":
-        brought = sorted(k for k in parameters if k == "config" or k.startswith("file:"))
-        if brought:
-            raise errors.InvalidInput(
-                f"load parameters {brought} are not supported: models load from the "
-                "server's repository with the configuration found there")
+        check_load_parameters(parameters)
+
+
+def check_load_parameters(keys: Iterable[str]) -> None:
+    """Refuse a load (REST or gRPC) whose parameters bring a model configuration or files of
+    their own (``config``, ``file:<path>``): models load from the repository as configured."""
+    brought = sorted(k for k in keys if k == "config" or k.startswith("file:"))
+    if brought:
+        raise errors.InvalidInput(
+            f"load parameters {brought} are not supported: models load from the "
+            "server's repository with the configuration found there")
 
 
 async def _cancel_on_disconnect(request: Request, task: asyncio.Task[Any]) -> bool:

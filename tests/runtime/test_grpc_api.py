@@ -225,6 +225,53 @@ def test_triton_repository_requests_name_the_model_in_field_2(kg):
     run(kg, scenario)
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _triton_load(name: str, **parameters: tuple[int, bytes]) -> bytes:
+    """Triton's RepositoryModelLoadRequest as tritonclient.grpc writes it: the model's name in
+    field 2 and the parameters map in field 3, each entry a key (1) and a
+    ModelRepositoryParameter (2) holding ``(field, bytes)``: 3 string_param, 4 bytes_param."""
+    out = _field(2, name.encode())
+    for key, (choice, value) in parameters.items():
+        out += _field(3, _field(1, key.encode()) + _field(2, _field(choice, value)))
+    return out
+
+
+def test_a_triton_load_bringing_a_configuration_or_files_is_refused_as_over_rest(kg):
+    with rest_client() as (client, _):
+        r = client.post("/v2/repository/models/mlp/load",
+                        content=json.dumps({"parameters": {"config": "{}"}}))
+        assert r.status_code == 400
+        words = r.json()["error"]
+
+    async def scenario(rt):
+        pb, stub = rt.pb, rt.stub
+
+        def load(raw):
+            return stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest.FromString(raw))
+
+        assert await expect(load(_triton_load("mlp", config=(3, b"{}"))),
+                            grpc.StatusCode.INVALID_ARGUMENT) == words
+        raw = _triton_load("mlp", **{"file:1/model.pt2": (4, b"x" * 300)})
+        details = await expect(load(raw), grpc.StatusCode.INVALID_ARGUMENT)
+        assert "['file:1/model.pt2'] are not supported" in details
+        assert (await load(_triton_load("mlp"))).isLoaded and rt.engine.model_ready("mlp")
+
+    run(kg, scenario)
+
+
 REFUSALS = [
     (RepositoryAccess(enabled=False), None, 403, grpc.StatusCode.PERMISSION_DENIED),
     (RepositoryAccess(token="s3cret"), None, 401, grpc.StatusCode.UNAUTHENTICATED),
@@ -299,12 +346,7 @@ def test_an_unknown_model_or_version_is_not_found_with_rests_words(kg):
 
 def _uint64(value: int) -> bytes:
     """An InferParameter with Triton's ``uint64_param`` (field 5, varint), as bytes."""
-    out = bytearray(b"\x28")
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
+    return b"\x28" + _varint(value)
 
 
 def _bad_parameters(pb):
