@@ -463,6 +463,7 @@ def test_device_bound_plan():
 
     labels = [s.label for s in select_systems(GPU_DEVICE_SYSTEMS, gpu=True)]
     assert labels[0] == "deft:deft" and set(FACTOR_SYSTEMS) <= set(labels)
+    assert "deft:deft/no-calibration" in labels
     (path,) = find_mixes(GPU_DEVICE_MIXES, quick=False)
     assert path.parent.name == "gpu" and path not in find_mixes("all", quick=False)
     wl = load_bench_workload(path)
@@ -472,7 +473,7 @@ def test_device_bound_plan():
 
 
 def test_gpu_controls_start_the_runtime_differently(tmp_path):
-    from e2e.bench.systems import SAME_STREAM, SWITCH_SHORT, deft_server
+    from e2e.bench.systems import NO_CALIBRATION, SAME_STREAM, SWITCH_SHORT, deft_server
 
     def args(variant):
         server = deft_server(tmp_path, "deft", tmp_path / "p.yaml", tmp_path / "x.log",
@@ -484,7 +485,11 @@ def test_gpu_controls_start_the_runtime_differently(tmp_path):
     assert same[same.index("-m") + 1] == "e2e.bench.same_stream_runtime"
     assert switch[switch.index("-m") + 1] == "runtime"
     assert switch[switch.index("--switch_interval_ms") + 1] == "0.25"
+    fixed = args(NO_CALIBRATION)
+    assert fixed[fixed.index("--calibration") + 1] == "off" and "--calibration" not in plain
     variants = {s.label: s.variant for s in all_systems(gpu=True)}
+    assert variants["deft:deft/no-calibration"] == NO_CALIBRATION
+    assert "deft:deft/no-calibration" not in [s.label for s in all_systems()]
     assert variants["deft:deft/same-stream"] == SAME_STREAM
     assert variants["deft:deft/switch-0.25ms"] == SWITCH_SHORT
     assert not any(s.reference for s in all_systems(gpu=True) if s.variant)

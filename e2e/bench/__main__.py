@@ -55,9 +55,10 @@ GPU_SYSTEMS = "deft:deft,deft:deft/same-stream,deft:layer,kserve,deft:fifo,deft:
 GPU_MIXES = "pair-poisson"
 # --device_bound: on a GPU the mixes above are bound by the host (HTTP, kernel launches, the
 # interpreter), so preemption shows on a batch model the device bounds; deft and layer at
-# the SLO factors, and deft with stream priorities off
+# the SLO factors, deft with stream priorities off and deft planning on the profiles as
+# measured at load (calibration off)
 GPU_DEVICE_MIXES = "encoder-poisson"
-GPU_DEVICE_SYSTEMS = "deft:deft,deft:layer,deft:deft/same-stream"
+GPU_DEVICE_SYSTEMS = "deft:deft,deft:layer,deft:deft/same-stream,deft:deft/no-calibration"
 # the primary mix again at other latency-critical SLOs (x the reference's solo p99), on these
 # systems: how attainment and batch throughput move with the slack an SLO leaves
 GPU_SLO_FACTORS = "1.1,2"

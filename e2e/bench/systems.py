@@ -36,6 +36,10 @@ DEFT_POLICIES = ("deft", "fifo", "priority", "layer", "fixed:4")
 # interval instead of the interpreter's 5 ms
 SAME_STREAM = "stream-priorities-off"
 SWITCH_SHORT = "switch-interval-0.25ms"
+# and the profiles as measured at load, not scaled to the chunk times measured since
+# (``--calibration off``): what calibration does to deft's plans where batch work runs in
+# chunks
+NO_CALIBRATION = "calibration-off"
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,8 @@ def all_systems(gpu: bool = False) -> list[SystemSpec]:
                               variant=SAME_STREAM))
         out.append(SystemSpec("deft", "deft", "deft:deft/switch-0.25ms", True,
                               variant=SWITCH_SHORT))
+        out.append(SystemSpec("deft", "deft", "deft:deft/no-calibration", True,
+                              variant=NO_CALIBRATION))
     out += [
         SystemSpec("kserve", "-", "kserve", False),
         SystemSpec("triton", "priority-levels", "triton:priority-levels", True),
@@ -172,6 +178,8 @@ def deft_server(model_dir: Path, policy: str, priorities: Path, log: Path, model
             "--device", device, "--http_port", str(http), "--grpc_port", str(grpc)]
     if variant == SWITCH_SHORT:
         args += ["--switch_interval_ms", "0.25"]
+    if variant == NO_CALIBRATION:
+        args += ["--calibration", "off"]
     return ServerProcess(args, http, models, log)
 
 
