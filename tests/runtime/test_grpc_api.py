@@ -451,3 +451,79 @@ def test_a_client_s_mistake_is_logged_as_one_line_and_a_call_line_follows_the_ac
     with caplog.at_level(logging.INFO):
         assert len(asyncio.run(calls(True))) == 1
         assert asyncio.run(calls(False)) == []
+
+
+CLIENT_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
+                grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                grpc.StatusCode.DEADLINE_EXCEEDED}
+
+
+def _mangled_requests(pb: Any, n: int, seed: int = 7) -> list[Any]:
+    """``n`` ModelInferRequests for the test model, each a valid one with a few random
+    changes: names, datatypes, shapes, contents of another type or length, raw contents,
+    parameters of every kind, requested outputs."""
+    import random
+
+    rnd = random.Random(seed)
+    datatypes = ["FP32", "FP16", "FP64", "INT32", "INT64", "UINT8", "BOOL", "BYTES", "BF16", ""]
+
+    def one() -> Any:
+        r = infer_request(pb)
+        t = r.inputs[0]
+        for _ in range(rnd.randint(1, 3)):
+            change = rnd.randrange(12)
+            if change == 0:
+                t.name = rnd.choice(["", "y", "x ", "X", "x" * 300])
+            elif change == 1:
+                t.datatype = rnd.choice(datatypes)
+            elif change == 2:
+                del t.shape[:]
+                t.shape.extend(rnd.choice([[], [8], [2, 4, 1], [-1, 4], [0, 4], [2, 3],
+                                           [1 << 40, 4], [2, 4, 1, 1, 1]]))
+            elif change == 3:
+                t.contents.ClearField("fp32_contents")
+                t.contents.int_contents.extend(range(rnd.randint(0, 9)))
+            elif change == 4:
+                t.contents.fp32_contents.extend([1.0] * rnd.randint(1, 5))
+            elif change == 5:
+                r.raw_input_contents.append(bytes(rnd.randrange(256) for _ in range(
+                    rnd.choice([0, 31, 32, 33]))))
+            elif change == 6:
+                r.inputs.add(name=rnd.choice(["x", "z"]), datatype="FP32", shape=[2, 4])
+            elif change == 7:
+                del r.inputs[:]
+            elif change == 8:
+                key = rnd.choice(["priority", "timeout", "binary_data_output", "other"])
+                value = rnd.choice([pb.InferParameter(int64_param=rnd.choice([-1, 0, 3])),
+                                    pb.InferParameter(bool_param=True),
+                                    pb.InferParameter(string_param="5"),
+                                    pb.InferParameter.FromString(_uint64(1 << 63))])
+                r.parameters[key].CopyFrom(value)
+            elif change == 9:
+                r.outputs.add(name=rnd.choice(["y", "nope", ""]))
+            elif change == 10:
+                r.model_version = rnd.choice(["1", "2", "x"])
+            else:
+                t.parameters["binary_data_size"].CopyFrom(pb.InferParameter(int64_param=32))
+        return r
+
+    return [one() for _ in range(n)]
+
+
+def test_mangled_infer_requests_get_a_client_error_or_an_answer_never_a_server_error(kg):
+    async def scenario(rt):
+        pb, stub = rt.pb, rt.stub
+        codes: dict[str, int] = {}
+        for request in _mangled_requests(pb, 300):
+            try:
+                await stub.ModelInfer(request)
+                codes["OK"] = codes.get("OK", 0) + 1
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() in CLIENT_CODES, (exc.code(), exc.details(), request)
+                assert exc.details(), request
+                codes[exc.code().name] = codes.get(exc.code().name, 0) + 1
+        assert codes.get("INVALID_ARGUMENT", 0) > 100 and codes.get("OK", 0) > 0, codes
+        # and the server still answers a good request
+        assert (await stub.ModelInfer(infer_request(pb))).model_name == "mlp"
+
+    run(kg, scenario)
