@@ -19,6 +19,7 @@ import logging
 from concurrent import futures
 from typing import Any
 
+from google.protobuf.message import DecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet
 from grpc import ServicerContext, StatusCode, aio
 from grpc_interceptor.exceptions import InvalidArgument
@@ -73,52 +74,24 @@ def repository_model_name(request: Any) -> str:
 
 
 # Triton's RepositoryModelLoadRequest carries its parameters (a map: entries of key, field 1,
-# and value) in field 3
+# and value, field 2) in field 3
 TRITON_PARAMETERS_FIELD = 3
-
-
-def _map_key(entry: bytes) -> str | None:
-    """The key (field 1, a string) of one serialized map entry, None where it has none."""
-    i = 0
-    while i < len(entry):
-        tag, i = _varint(entry, i)
-        number, wire = tag >> 3, tag & 7
-        if wire == 0:
-            _, i = _varint(entry, i)
-        elif wire == _LENGTH_DELIMITED:
-            size, i = _varint(entry, i)
-            if number == 1:
-                return entry[i:i + size].decode("utf-8", "replace")
-            i += size
-        elif wire in (1, 5):
-            i += 8 if wire == 1 else 4
-        else:
-            return None
-    return None
-
-
-def _varint(data: bytes, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while i < len(data):
-        byte = data[i]
-        i += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return value, i
-    raise InvalidArgument("malformed request")
 
 
 def triton_load_parameter_keys(request: Any) -> list[str]:
     """The keys of the parameters a Triton RepositoryModelLoadRequest brings (KServe's proto
-    has none: they arrive among its message's unknown fields)."""
+    has none: they arrive among its message's unknown fields). Each map entry is read as
+    KServe's RepositoryModelLoadRequest, whose one field, a string numbered 1, is where an
+    entry keeps its key (the value is left among the unknown fields)."""
     keys = []
     for field in UnknownFieldSet(request):
         if field.field_number == TRITON_PARAMETERS_FIELD and \
                 field.wire_type == _LENGTH_DELIMITED:
-            key = _map_key(bytes(field.data))
-            if key is not None:
-                keys.append(key)
+            try:
+                keys.append(pb.RepositoryModelLoadRequest.FromString(bytes(field.data))
+                            .model_name)
+            except DecodeError:
+                raise InvalidArgument("malformed load parameters") from None
     return keys
 
 

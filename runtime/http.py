@@ -26,13 +26,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from runtime import errors
-from runtime.codec import (
-    MAX_REQUEST_PARAMETER,
-    Limits,
-    decode_request,
-    encode_response,
-    error_body,
-)
+from runtime.codec import Limits, decode_request, encode_response, error_body
 from runtime.engine import Engine
 from runtime.http_body import RECEIVED_AT
 from scheduler.clock import MonotonicClock
@@ -95,14 +89,6 @@ class RepositoryAccess:
         if not (scheme.lower() == "bearer"
                 and hmac.compare_digest(credentials.strip().encode(), self.token.encode())):
             raise errors.Unauthorized("the model repository API needs a valid bearer token")
-
-
-def check_request_parameter(key: str, value: int | None) -> None:
-    """Refuse a request-level ``priority`` or ``timeout`` above ``MAX_REQUEST_PARAMETER``
-    (gRPC's ``uint64_param`` can carry larger ones; the REST decoder checks its own)."""
-    if value is not None and value > MAX_REQUEST_PARAMETER:
-        raise errors.InvalidInput(
-            f"request parameter '{key}' must be a non-negative integer of at most 2**63-1")
 
 
 INLINE_DECODE_BYTES = 256 * 1024

@@ -28,6 +28,7 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from runtime import errors
 from runtime.codec import (
+    MAX_REQUEST_PARAMETER,
     check_input,
     check_inputs_given,
     check_output,
@@ -35,7 +36,6 @@ from runtime.codec import (
     reject_unsupported,
 )
 from runtime.engine import Engine
-from runtime.http import check_request_parameter
 from runtime.tensors import NUMPY_TO_V2, V2_TO_NUMPY, TensorSpec
 
 
@@ -99,11 +99,9 @@ def _param(parameters: Any, key: str) -> int:
             number = _unknown_uint64(value)
     elif isinstance(value, int) and not isinstance(value, bool):
         number = value
-    if number is None or number < 0:
+    if number is None or not 0 <= number <= MAX_REQUEST_PARAMETER:
         raise KServeInvalidInput(
             f"request parameter '{key}' must be a non-negative integer of at most 2**63-1")
-    with as_kserve_errors():
-        check_request_parameter(key, number)
     return number
 
 
