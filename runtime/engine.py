@@ -369,6 +369,8 @@ class Engine:
             self._models.pop(name, None)
         for inbox in self._inboxes():
             inbox.call(lambda s: s.remove_model(name))
+        # after the scheduler forgot it, on the thread that sets them
+        self.inbox.call(lambda _: self.listener.forget_model(name))
         for hook in self.on_unloaded:
             hook(name)
 

@@ -156,7 +156,6 @@ class BatchGate:
         self._cond = threading.Condition()
         self._active = 0
         self._closed_at = 0.0
-        self._closed_total = 0.0  # seconds the gate was closed, up to the last opening
 
     def enter(self) -> None:
         with self._cond:
@@ -166,37 +165,28 @@ class BatchGate:
 
     def leave(self, n: int = 1) -> None:
         with self._cond:
-            was = self._active
             self._active = max(0, self._active - n)
             if self._active == 0:
-                if was:
-                    self._closed_total += self.clock.now() - self._closed_at
                 self._cond.notify_all()
-
-    def closed_seconds(self) -> float:
-        """How long the gate has been closed in all (latency-critical work active): the
-        difference over a batch chunk is the time the chunk yielded to the lane."""
-        with self._cond:
-            if self._active:
-                return self._closed_total + self.clock.now() - self._closed_at
-            return self._closed_total
 
     @property
     def closed(self) -> bool:
         return self._active > 0
 
-    def pause_if_closed(self) -> float | None:
+    def pause_if_closed(self) -> tuple[float, float] | None:
         """Block while latency-critical work is active. Returns how long the batch work took
-        to yield (since the gate closed), or None if it did not have to."""
+        to yield (since the gate closed) and how long it then waited, or None if it did not
+        have to wait."""
         if self._active == 0:
             return None
         with self._cond:
             if self._active == 0:
                 return None
-            delay = self.clock.now() - self._closed_at
+            start = self.clock.now()
+            delay = start - self._closed_at
             while self._active > 0:
                 self._cond.wait(0.5)
-            return delay
+            return delay, self.clock.now() - start
 
 
 class GateListener:
@@ -288,13 +278,14 @@ class TorchDevice:
             self._batch_stream = torch.cuda.Stream(device=device, priority=0)
 
     def run_chunk(self, chunk: RunChunk) -> float | None:
-        """Run ``chunk``; returns how long it yielded to the CPU lane (None: not beside it)."""
-        gate = None if chunk.job.latency_critical else self.gate
-        closed = gate.closed_seconds() if gate is not None else 0.0
-        self._run_chunk(chunk)
-        return gate.closed_seconds() - closed if gate is not None else None
+        """Run ``chunk``; returns how long it stood paused for the CPU lane (None: not beside
+        it): the time it waited at its unit boundaries, not the time the lane was busy (a
+        unit that started before the lane took work goes on until its end). Where the rows
+        run as shards, each step counts its longest-waiting shard."""
+        paused = self._run_chunk(chunk)
+        return None if chunk.job.latency_critical or self.gate is None else paused
 
-    def _run_chunk(self, chunk: RunChunk) -> None:
+    def _run_chunk(self, chunk: RunChunk) -> float:
         job = chunk.job
         served = self._lookup(job.model)
         if served is None:
@@ -308,6 +299,7 @@ class TorchDevice:
             stream = self._lc_stream if job.latency_critical else self._batch_stream
         ctx = torch.cuda.stream(stream) if stream is not None else nullcontext()
         gate = None if job.latency_critical else self.gate
+        paused = 0.0
         with torch.inference_mode(), ctx:
             if job.device_state is None:
                 # inputs are copied on the job's own stream, ordered before its units
@@ -321,15 +313,17 @@ class TorchDevice:
                 # row shards run side by side, each yielding at its own unit boundaries
                 sharded = self.shards is not None and not job.latency_critical and len(pieces) > 1
                 if gate is not None and not sharded:
-                    self._yield_to_lane(job, gate)
+                    paused += self._yield_to_lane(job, gate)
                     stop = f + 1  # on the CPU lane every unit boundary is a sync point
                 end = u + (stop - f)
                 if sharded:
                     assert self.shards is not None
-                    done = self.shards.run([
+                    ran = self.shards.run([
                         functools.partial(self._run_shard, job, seg, piece, end)
                         for piece in pieces
                     ])
+                    done = [parts for parts, _ in ran]
+                    paused += max(waited for _, waited in ran)
                 else:
                     done = [self._advance(job, seg, piece, end) for piece in pieces]
                 st.micro_states[m] = [part for parts in done for part in parts]
@@ -342,25 +336,34 @@ class TorchDevice:
                 event = torch.cuda.Event()
                 event.record(stream)
                 event.synchronize()
+        return paused
 
-    def _run_shard(self, job: Job, seg: Any, piece: _Piece, end: int) -> list[_Piece]:
+    def _run_shard(
+        self, job: Job, seg: Any, piece: _Piece, end: int
+    ) -> tuple[list[_Piece], float]:
         """On a shard worker: run ``piece`` up to unit ``end``, yielding at every unit
-        boundary while the lane is busy, as a job on one team does."""
+        boundary while the lane is busy, as a job on one team does. Returns the pieces and
+        how long the shard waited for the lane."""
         gate = self.gate
         with torch.inference_mode():
             if gate is None:
-                return self._advance(job, seg, piece, end)
-            pieces = [piece]
+                return self._advance(job, seg, piece, end), 0.0
+            pieces, waited = [piece], 0.0
             for unit in range(piece.unit + 1, end + 1):
-                self._yield_to_lane(job, gate)
+                waited += self._yield_to_lane(job, gate)
                 pieces = [part for p in pieces for part in self._advance(job, seg, p, unit)]
-            return pieces
+            return pieces, waited
 
-    def _yield_to_lane(self, job: Job, gate: BatchGate) -> None:
-        """Wait while latency-critical work runs on the lane (a batch unit boundary)."""
-        delay = gate.pause_if_closed()
-        if delay is not None and self.on_yield is not None:
+    def _yield_to_lane(self, job: Job, gate: BatchGate) -> float:
+        """Wait while latency-critical work runs on the lane (a batch unit boundary); returns
+        how long it waited."""
+        paused = gate.pause_if_closed()
+        if paused is None:
+            return 0.0
+        delay, waited = paused
+        if self.on_yield is not None:
             self.on_yield(job, delay)
+        return waited
 
     def _advance(self, job: Job, seg: Any, piece: _Piece, end: int) -> list[_Piece]:
         """Run ``piece`` up to unit ``end``; returns the pieces it became (itself, or its
@@ -458,6 +461,14 @@ class ResultListener:
         # a model's measured speed against its profile (None: not measured enough yet)
         self.speed = speed
         self._speed_shown: dict[str, float] = {}
+
+    def forget_model(self, name: str) -> None:
+        """An unloaded model's gauges go (its counters and histograms stay: they count what
+        happened). Called on the executor thread, which sets them."""
+        self._speed_shown.pop(name, None)
+        for gauge in (self.metrics.speed_ratio, self.metrics.sync_interval):
+            with contextlib.suppress(KeyError):  # never set for this model
+                gauge.remove(name)
 
     def on_chunk(self, done: ChunkDone, chunk: RunChunk) -> None:
         job = done.job

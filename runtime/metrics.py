@@ -43,8 +43,9 @@ class Metrics:
             ("model",), registry=r)
         self.speed_ratio = Gauge(
             "deft_profile_speed_ratio",
-            "How long the model's chunks take against its profile's prediction (median of "
-            "recent chunks; 1: as profiled, 1.3: 30% slower). The policies plan with the "
+            "How slow the model's units run against its profile: the median over recent "
+            "chunks of the factor that scales the profile's unit durations to the measured "
+            "chunk times (1: as profiled, 1.3: 30% slower). The policies plan with the "
             "profile scaled by it. Not set before a few chunks were measured, nor for "
             "chunks on the CPU lane.", ("model",), registry=r)
         self.requests = Counter(

@@ -7,9 +7,11 @@ side time the profile never saw (on CUDA, kernel launches slowed by the event lo
 interpreter lock). A plan chosen on the profile's durations then misses: chunks that were to
 fit a latency-critical stream's slack overrun it.
 
-``SpeedCalibration`` keeps, per model, the ratio of each chunk's measured time to the time
-the predictor gave it from the profile, and reports the median of the recent ratios: the
-factor by which the profile's durations are scaled before a policy plans with them. Chunks
+``SpeedCalibration`` keeps, per model, the speed each chunk ran at: the factor by which the
+profile's unit durations would have to be scaled for the predictor to give the chunk's
+measured time (``Predictor.speed_ratio``: the launches and sync point, fixed costs, are not
+scaled). It reports the median of the recent ratios: the factor by which the profile's
+durations are scaled before a policy plans with them. Chunks
 predicted shorter than ``min_predicted_s`` are not counted (timer and bookkeeping noise
 outweighs them); a factor needs ``min_samples`` ratios and stays within ``bounds``.
 """
@@ -46,14 +48,16 @@ class SpeedCalibration:
     hysteresis: float = DEFAULT_HYSTERESIS
     _models: dict[str, _ModelSpeed] = field(default_factory=dict)
 
-    def observe(self, model: str, predicted_s: float, measured_s: float) -> bool:
-        """Count one chunk of ``model``; True when the model's factor changed."""
-        if predicted_s < self.min_predicted_s or measured_s <= 0:
+    def observe(self, model: str, predicted_s: float, ratio: float | None) -> bool:
+        """Count one chunk of ``model``, predicted from the profile to take ``predicted_s``,
+        that ran at ``ratio`` x the profile's durations (None: not measurable); True when
+        the model's factor changed."""
+        if predicted_s < self.min_predicted_s or ratio is None or not ratio > 0.0:
             return False
         m = self._models.get(model)
         if m is None:
             m = self._models[model] = _ModelSpeed(deque(maxlen=self.window))
-        m.ratios.append(measured_s / predicted_s)
+        m.ratios.append(ratio)
         m.chunks += 1
         m.new += 1
         # recomputed every ``min_samples`` chunks once there are enough: a median over the
@@ -69,7 +73,7 @@ class SpeedCalibration:
         return True
 
     def factor(self, model: str) -> float:
-        """Measured over predicted chunk time for ``model`` (1.0 until enough chunks ran)."""
+        """The speed ``model`` runs at against its profile (1.0 until enough chunks ran)."""
         m = self._models.get(model)
         return m.factor if m is not None else 1.0
 

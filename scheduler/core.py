@@ -100,14 +100,26 @@ class Scheduler:
         calibration = self.calibration
         if calibration is not None and self.profiled.get(name, profile) != profile:
             calibration.forget(name)  # a new profile: what was measured against the old goes
+        old = self.profiled.get(name)
+        if old is not None and old is not profile:
+            self.predictor.forget(old)
         self.profiled[name] = profile
         factor = calibration.factor(name) if calibration is not None else 1.0
-        self.profiles[name] = profile if factor == 1.0 else profile.scaled(factor)
+        self._use_profile(name, profile if factor == 1.0 else profile.scaled(factor))
+
+    def _use_profile(self, name: str, profile: Profile) -> None:
+        """Plan ``name`` with ``profile`` (its profile as given, or scaled); what the
+        predictor cached for a scaled profile it replaces goes."""
+        old = self.profiles.get(name)
+        if old is not None and old is not profile and old is not self.profiled.get(name):
+            self.predictor.forget(old)
+        self.profiles[name] = profile
 
     def remove_model(self, name: str) -> None:
         self.settings.pop(name, None)
-        self.profiles.pop(name, None)
-        self.profiled.pop(name, None)
+        for profile in (self.profiles.pop(name, None), self.profiled.pop(name, None)):
+            if profile is not None:
+                self.predictor.forget(profile)
         self._batch_seen.pop(name, None)
         if self.calibration is not None:
             self.calibration.forget(name)
@@ -274,13 +286,13 @@ class Scheduler:
             self._calibrate(decision, t1 - t0 - paused)
         job.next_unit = decision.end
         job.sync_points += 1
-        elapsed = t1 - t0
-        job.device_time += elapsed
+        busy = max(0.0, t1 - t0 - paused)  # time paused for the CPU lane is not the job's
+        job.device_time += busy
         if job.latency_critical:
             self._last_batch_chunk = None
         else:
             self._last_batch_chunk = (t0, t1)
-            self.queue.charge(job.model, elapsed)
+            self.queue.charge(job.model, busy)
             for waiting in self.queue.waiting_latency_critical():
                 waiting.preemption_delay += t1 - max(t0, waiting.arrival)
         finished = job.done
@@ -303,9 +315,12 @@ class Scheduler:
             return
         d = self.predictor.flat_durations(profile, job.batch_size, job.micro_batches)
         predicted = self.predictor.chunk_time(d, decision.start, decision.end)
-        if self.calibration.observe(job.model, predicted, measured):
+        if predicted < self.calibration.min_predicted_s:
+            return
+        ratio = self.predictor.speed_ratio(d, decision.start, decision.end, measured)
+        if self.calibration.observe(job.model, predicted, ratio):
             factor = self.calibration.factor(job.model)
-            self.profiles[job.model] = profile.scaled(factor)
+            self._use_profile(job.model, profile.scaled(factor))
             log.info("%s runs at %.2f x its profile's durations", job.model, factor)
 
     def chunk_failed(self, decision: RunChunk) -> None:

@@ -55,6 +55,40 @@ class Predictor:
         self._flat[key] = (profile, result)
         return result
 
+    def forget(self, profile: Profile) -> None:
+        """Drop what is cached for ``profile`` (replaced or removed: a calibrated model gets
+        a new scaled profile whenever its speed moves)."""
+        for key in [k for k, (p, _) in self._flat.items() if p is profile]:
+            del self._flat[key]
+
+    def speed_ratio(
+        self, durations: Sequence[float], start: int, end: int, measured: float
+    ) -> float | None:
+        """The factor by which units ``[start, end)`` of ``durations`` would have to be
+        scaled for ``chunk_time`` to equal ``measured``: the launches and the sync point are
+        the device's fixed costs and do not scale with the model's speed. None where the
+        fixed costs alone account for ``measured`` (launch-bound: any slower units would
+        have taken as long).
+
+        ``chunk_time`` is the sync point plus, over each unit ``k``, the latest of (the
+        host time at which ``k`` is launched + the durations from ``k`` on); each term grows
+        linearly with the factor, so the factor that brings their maximum to ``measured``
+        is the smallest of the factors that bring each term to it.
+        """
+        launch, target = self.costs.launch_s, measured - self.costs.sync_s
+        if target <= (end - start) * launch:
+            return None  # the launches alone take that long: the units' speed is not seen
+        best: float | None = None
+        rest = 0.0
+        for i in range(end - 1, start - 1, -1):
+            rest += durations[i]
+            if rest <= 0.0:
+                continue
+            f = (target - (i - start + 1) * launch) / rest
+            if best is None or f < best:
+                best = f
+        return best if best is not None and best > 0.0 else None
+
     def chunk_time(self, durations: Sequence[float], start: int, end: int) -> float:
         """Wall time of units ``[start, end)`` launched back to back, then one sync point."""
         launch = self.costs.launch_s

@@ -134,7 +134,6 @@ class Probe:
         rows = max(1, batch_size // self.cores)
         self.shard_rows = rows
         self.shard_inputs = self.batch.config.example_inputs(rows)
-        self.lane_busy = threading.Event()
         self.lane_idle = threading.Event()
         self.lane_idle.set()
 
@@ -142,7 +141,8 @@ class Probe:
 
     def lc_compute(self, offsets: Sequence[float]) -> list[float]:
         """The latency-critical model's compute time (s) for one request at each offset,
-        on this (lane-like) thread; sets ``lane_busy`` while each runs."""
+        on the calling (lane) thread; the shards' gate (``lane_idle``) is closed while
+        each runs."""
         import torch
 
         from runtime.threads import limit_intra_op_threads

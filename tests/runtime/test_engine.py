@@ -388,23 +388,103 @@ def test_a_latency_critical_request_reports_its_time_outside_the_device():
     assert "b" not in engine.scheduler.streams._streams
 
 
-def test_the_gate_counts_the_time_it_was_closed():
-    from runtime.executor import BatchGate
+class _ReadHookClock(FakeClock):
+    """A fake clock that calls ``hook`` (if set) on each reading."""
 
-    clock = FakeClock()
+    hook = None
+
+    def now(self) -> float:
+        if self.hook is not None:
+            self.hook()
+        return super().now()
+
+
+class _UnitHook:
+    """A segmented model look-alike that calls ``hook(unit)`` before running each unit."""
+
+    def __init__(self, inner, hook) -> None:
+        self.inner, self.hook = inner, hook
+        self.num_units = inner.num_units
+
+    def start(self, inputs):
+        return self.inner.start(inputs)
+
+    def run(self, state, start, end):
+        for unit in range(start, end):
+            self.hook(unit)
+            state = self.inner.run(state, unit, unit + 1)
+        return state
+
+    def finish(self, state):
+        return self.inner.finish(state)
+
+
+def _batch_job(served):
+    from types import SimpleNamespace
+
+    from scheduler.job import Job, RunChunk
+
+    n = served.segmented.num_units
+    job = Job(model=served.name, priority=Priority.BATCH, batch_size=2, arrival=0.0,
+              num_units=n, payload=SimpleNamespace(inputs={"x": np.ones((2, 4), np.float32)}))
+    return RunChunk(job, 0, n)
+
+
+def test_a_batch_chunk_counts_as_paused_only_the_time_it_waited_for_the_lane():
+    from runtime.executor import BatchGate, TorchDevice
+
+    clock = _ReadHookClock()
     gate = BatchGate(clock)
-    clock.advance(1.0)
-    gate.enter()
-    gate.enter()  # a second latency-critical job while the first runs
-    clock.advance(0.5)
-    assert gate.closed_seconds() == pytest.approx(0.5)
-    gate.leave()
-    clock.advance(0.25)
-    gate.leave()
-    clock.advance(2.0)  # open: not counted
-    assert gate.closed_seconds() == pytest.approx(0.75)
-    gate.leave()  # one too many: still open, nothing counted
-    assert gate.closed_seconds() == pytest.approx(0.75)
+    served, _ = served_mlp("b")
+    assert served.segmented.num_units >= 3
+    yields: list[float] = []
+    opener: list[threading.Thread] = []
+
+    def open_later() -> None:  # on another thread: the lane's job ends 3 ms later
+        with gate._cond:  # held by the batch work until it waits
+            clock.advance(0.003)
+            gate.leave()
+
+    def on_read() -> None:  # the batch work reads the clock where it starts to wait
+        if gate.closed and not opener:
+            opener.append(threading.Thread(target=open_later))
+            opener[0].start()
+
+    def unit_hook(unit: int) -> None:
+        if unit == 0:  # a latency-critical job comes and goes within the unit
+            gate.enter()
+            clock.advance(0.008)
+            gate.leave()
+        elif unit == 1:  # one comes 1 ms before the unit ends, and runs on after it
+            clock.advance(0.004)
+            gate.enter()
+            clock.advance(0.001)
+            clock.hook = on_read
+
+    served.segmented = _UnitHook(served.segmented, unit_hook)
+    device = TorchDevice(lambda name: served, torch.device("cpu"), gate=gate,
+                         on_yield=lambda job, delay: yields.append(delay))
+    paused = device.run_chunk(_batch_job(served))
+    opener[0].join(5)
+    # the unit that ran through the first job did not pause; the second job held the
+    # batch work at the next boundary for 3 ms after it had waited 1 ms for it
+    assert paused == pytest.approx(0.003)
+    assert yields == [pytest.approx(0.001)]
+    assert not gate.closed
+
+
+def test_a_chunk_beside_an_idle_lane_reports_no_pause_and_a_latency_critical_one_none():
+    from runtime.executor import BatchGate, TorchDevice
+
+    gate = BatchGate(FakeClock())
+    served, _ = served_mlp("b")
+    device = TorchDevice(lambda name: served, torch.device("cpu"), gate=gate)
+    assert device.run_chunk(_batch_job(served)) == 0.0
+    chunk = _batch_job(served)
+    chunk.job.priority = Priority.LATENCY_CRITICAL
+    assert device.run_chunk(chunk) is None
+    assert TorchDevice(lambda name: served, torch.device("cpu")).run_chunk(
+        _batch_job(served)) is None
 
 
 @pytest.mark.parametrize("calibrate", [True, False])
@@ -432,6 +512,27 @@ def test_batch_chunks_calibrate_the_profile_and_report_the_speed_ratio(calibrate
     assert gauge == factor == s.measured_speed("b") and 0.25 <= factor <= 4.0
     assert s.profiles["b"].units(1) == pytest.approx(
         [d * factor for d in s.profiled["b"].units(1)])
+
+
+def test_an_unloaded_model_leaves_no_speed_or_sync_gauge_behind():
+    batch, _ = served_mlp("b")
+    engine = make_engine([batch])
+    engine.start()
+
+    async def go():
+        for _ in range(16):
+            await engine.infer("b", {"x": X})
+        await engine.unload("b")
+
+    run(go())
+    ran = threading.Event()  # the executor runs its calls in order: the unload's came first
+    engine.inbox.call(lambda _: ran.set())
+    assert ran.wait(5)
+    engine.stop(1.0)
+    assert engine.scheduler.calibration is not None
+    assert engine.scheduler.calibration.chunks("b") == 0  # forgotten with the model
+    for gauge in (engine.metrics.speed_ratio, engine.metrics.sync_interval):
+        assert ("b",) not in gauge._metrics
 
 
 def test_an_unloaded_model_stays_known_only_where_the_repository_has_it():
