@@ -80,7 +80,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="refuse POST /v2/repository/... (load, unload, index)")
     p.add_argument("--repository_api_token_file", type=Path, default=None,
                    help="require 'Authorization: Bearer <token>' on the repository API")
-    p.add_argument("--max_body_mb", type=float, default=64.0)
+    p.add_argument("--max_body_mb", type=float, default=64.0,
+                   help="the largest request: a REST body, or a gRPC message")
     p.add_argument("--max_tensor_elements", type=int, default=64 * 1024 * 1024)
     p.add_argument("--launch_overhead_us", type=float, default=None)
     p.add_argument("--sync_overhead_us", type=float, default=None)

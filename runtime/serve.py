@@ -181,6 +181,7 @@ def main(cfg: RuntimeConfig) -> int:
         grpc_port=cfg.grpc_port,
         enable_grpc=cfg.enable_grpc,
         access_log=cfg.access_log,
+        max_message_bytes=cfg.max_body_bytes,
         registered_models=registry,
         grace_period=cfg.grace_period_s,
         workers=1,

@@ -21,6 +21,7 @@ from fastapi.testclient import TestClient
 from runtime.codec import Limits
 from runtime.engine import Engine
 from runtime.http import EXTENSIONS, SERVER_NAME, SERVER_VERSION, RepositoryAccess, install
+from scheduler.priority import Priority
 from tests.runtime.helpers import kserve_argv, make_engine, served_mlp
 
 X = np.arange(8, dtype=np.float32).reshape(2, 4) / 10
@@ -58,22 +59,26 @@ class Runtime:
 
 
 @contextlib.asynccontextmanager
-async def grpc_runtime(kg: Kserve, access: RepositoryAccess | None = None
-                       ) -> AsyncIterator[Runtime]:
+async def grpc_runtime(kg: Kserve, access: RepositoryAccess | None = None,
+                       max_message_bytes: int | None = 64 << 20,
+                       priority: Priority = Priority.BATCH) -> AsyncIterator[Runtime]:
     """The engine, kserve's registry kept in step with it and the gRPC server, wired as
     ``runtime.serve`` wires them (the gRPC server on a loopback port of its own)."""
-    model, _ = served_mlp()
+    model, _ = served_mlp(priority=priority,
+                          slo_ms=1000 if priority == Priority.LATENCY_CRITICAL else None)
     engine = make_engine([model], names=["mlp", "not-loaded"])
     engine.start()
     registry = kg.grpc_api.model_registry(engine)
     servicer = kg.grpc_api.DeftServicer(
         kg.DataPlane(model_registry=registry), kg.ModelRepositoryExtension(registry), engine,
         access or RepositoryAccess())
-    server = kg.grpc_api.make_server(servicer, 2)
+    server = kg.grpc_api.make_server(servicer, 2, max_message_bytes)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with grpc.aio.insecure_channel(
+                f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", -1)]
+        ) as channel:
             yield Runtime(engine, registry, kg.pb_grpc.GRPCInferenceServiceStub(channel), kg.pb)
     finally:
         await server.stop(0)
@@ -339,7 +344,71 @@ def test_an_unknown_model_or_version_is_not_found_with_rests_words(kg):
         assert (await stub.ModelReady(pb.ModelReadyRequest(name="mlp", version="1"))).ready
         meta = await stub.ModelMetadata(pb.ModelMetadataRequest(name="mlp", version="1"))
         assert list(meta.versions) == ["1"]
-        assert (await stub.ModelInfer(infer_request(pb, version="1"))).model_name == "mlp"
+        answer = await stub.ModelInfer(infer_request(pb, version="1"))
+        assert (answer.model_name, answer.model_version) == ("mlp", "1")  # as REST answers
+
+    run(kg, scenario)
+
+
+@pytest.mark.parametrize("limit_mb,code", [(64, grpc.StatusCode.OK),
+                                            (4, grpc.StatusCode.RESOURCE_EXHAUSTED)])
+def test_a_request_message_may_be_as_large_as_the_runtime_s_body_limit(kg, limit_mb, code):
+    async def scenario(rt):
+        pb = rt.pb
+        request = infer_request(pb)  # about 9 MiB, past gRPC's and KServe's own defaults
+        request.parameters["padding"].CopyFrom(pb.InferParameter(string_param="x" * (9 << 20)))
+        call = rt.stub.ModelInfer(request)
+        if code == grpc.StatusCode.OK:
+            assert (await call).model_name == "mlp"
+        else:
+            assert "larger than max" in await expect(call, code)
+
+    run(kg, scenario, max_message_bytes=limit_mb << 20)
+
+
+def test_a_latency_critical_grpc_infer_reports_its_time_in_the_server(kg):
+    async def scenario(rt):
+        for _ in range(3):
+            assert (await rt.stub.ModelInfer(infer_request(rt.pb))).model_name == "mlp"
+        samples = list(rt.engine.scheduler.streams._streams["mlp"].host_samples)
+        assert len(samples) == 3 and all(0.0 <= x < 5.0 for x in samples)
+
+    run(kg, scenario, priority=Priority.LATENCY_CRITICAL)
+
+
+def test_a_large_grpc_infer_is_converted_and_checked_off_the_event_loop(kg, monkeypatch):
+    import threading
+
+    import runtime.kserve_model as km
+
+    where: dict[str, str] = {}
+    from_grpc = kg.grpc_api.InferRequest.from_grpc
+    checked = km._checked_inputs
+
+    def recording_from_grpc(request):
+        where["from_grpc"] = threading.current_thread().name
+        return from_grpc(request)
+
+    def recording_checked(payload, specs):
+        where["checked"] = threading.current_thread().name
+        return checked(payload, specs)
+
+    monkeypatch.setattr(kg.grpc_api.InferRequest, "from_grpc", recording_from_grpc)
+    monkeypatch.setattr(km, "_checked_inputs", recording_checked)
+
+    async def scenario(rt):
+        loop_thread = threading.current_thread().name
+        small = infer_request(rt.pb)
+        assert (await rt.stub.ModelInfer(small)).model_name == "mlp"
+        assert where == {"from_grpc": loop_thread, "checked": loop_thread}
+        rows = km.INLINE_INPUT_ELEMENTS // 4 + 1  # past the inline bound: 1 MiB of floats
+        big = rt.pb.ModelInferRequest(model_name="mlp")
+        tensor = big.inputs.add(name="x", datatype="FP32", shape=[rows, 4])
+        tensor.contents.fp32_contents.extend([0.0] * rows * 4)
+        assert big.ByteSize() > kg.grpc_api.INLINE_MESSAGE_BYTES
+        # more rows than the model takes: refused, by the checks that ran off the loop
+        await expect(rt.stub.ModelInfer(big), grpc.StatusCode.INVALID_ARGUMENT)
+        assert loop_thread not in (where["from_grpc"], where["checked"])
 
     run(kg, scenario)
 
