@@ -40,6 +40,7 @@ from kserve.protocol.infer_type import InferRequest, InferResponse
 from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 from kserve.utils.utils import to_headers
 
+from runtime.codec import UNSUPPORTED_PARAMS
 from runtime.engine import Engine
 from runtime.http import (
     EXTENSIONS,
@@ -186,6 +187,7 @@ class DeftServicer(InferenceServicer):  # type: ignore[misc]
                 None, InferRequest.from_grpc, request)
         else:
             infer_request = InferRequest.from_grpc(request)
+        keep_unsupported_keys(request, infer_request)
         token = GRPC_RECEIVED_AT.set(received)
         try:
             body, _ = await self._data_plane.infer(
@@ -221,6 +223,21 @@ class DeftServicer(InferenceServicer):  # type: ignore[misc]
         with as_kserve_errors():
             await self._engine.unload(name)
         return pb.RepositoryModelUnloadResponse(model_name=name, isUnloaded=True)
+
+
+def keep_unsupported_keys(request: pb.ModelInferRequest, converted: InferRequest) -> None:
+    """kserve's conversion keeps a tensor's parameters only of the kinds its proto has, so a
+    Triton client's ``uint64_param`` or ``double_param`` is dropped. The keys of the v2
+    extensions Deft does not implement are put back, so that they are refused, with REST's
+    words, wherever they come."""
+    outputs = getattr(converted, "request_outputs", None) or []
+    pairs = [*zip(request.inputs, converted.inputs, strict=False),
+             *zip(request.outputs, outputs, strict=False)]
+    for raw, tensor in pairs:
+        kept = tensor.parameters or {}
+        missing = {k: True for k in UNSUPPORTED_PARAMS if k in raw.parameters and k not in kept}
+        if missing:
+            tensor.parameters = {**kept, **missing}
 
 
 class ClientErrorsToStatus(ExceptionToStatusInterceptor):  # type: ignore[misc]

@@ -8,6 +8,7 @@ tensor extension (``inference-header-content-length``) in both directions.
 
 from runtime.codec._decode import (
     MAX_REQUEST_PARAMETER,
+    UNSUPPORTED_PARAMS,
     check_input,
     check_inputs_given,
     check_output,
@@ -30,6 +31,7 @@ __all__ = [
     "HEADER_LENGTH",
     "JSON_CONTENT_TYPE",
     "MAX_REQUEST_PARAMETER",
+    "UNSUPPORTED_PARAMS",
     "Binary",
     "InferRequest",
     "Limits",

@@ -418,6 +418,24 @@ def _uint64(value: int) -> bytes:
     return b"\x28" + _varint(value)
 
 
+@pytest.mark.parametrize("kind", ["int64", "uint64", "double"])
+@pytest.mark.parametrize("where", ["input", "output"])
+def test_an_unsupported_extension_is_refused_whatever_kind_its_value_is(kg, kind, where):
+    async def scenario(rt):
+        pb = rt.pb
+        value = {"int64": pb.InferParameter(int64_param=1),
+                 "uint64": pb.InferParameter.FromString(_uint64(1)),
+                 "double": pb.InferParameter.FromString(b"\x21" + np.float64(1).tobytes())}[kind]
+        request = infer_request(pb)
+        target = request.inputs[0] if where == "input" else request.outputs.add(name="y")
+        target.parameters["classification"].CopyFrom(value)
+        words = await expect(rt.stub.ModelInfer(request), grpc.StatusCode.INVALID_ARGUMENT)
+        name = "x" if where == "input" else "y"
+        assert words == f"{where} '{name}': parameter 'classification' is not supported"
+
+    run(kg, scenario)
+
+
 def _bad_parameters(pb):
     param = pb.InferParameter
     double = param.FromString(b"\x21" + np.float64(5.0).tobytes())  # Triton's double_param
