@@ -473,6 +473,44 @@ def test_a_batch_chunk_counts_as_paused_only_the_time_it_waited_for_the_lane():
     assert not gate.closed
 
 
+def test_row_shards_waiting_side_by_side_count_their_wait_once():
+    from runtime.executor import BatchGate, TorchDevice
+    from runtime.shards import ShardPool
+
+    clock = _ReadHookClock()
+    gate = BatchGate(clock)
+    served, _ = served_mlp("b")
+    pool = ShardPool(2, 2)
+    reads: list[int] = []
+    opener: list[threading.Thread] = []
+
+    def open_later() -> None:
+        with gate._cond:  # both shards wait on it by now
+            clock.advance(0.003)
+            gate.leave()
+
+    def on_read() -> None:  # each shard reads the clock where it starts to wait
+        if gate.closed:
+            reads.append(1)
+            if len(reads) == 2:
+                opener.append(threading.Thread(target=open_later))
+                opener[0].start()
+
+    gate.enter()  # a latency-critical job runs as the batch chunk starts
+    clock.hook = on_read
+    chunk = _batch_job(served)
+    chunk.job.payload.inputs["x"] = np.ones((4, 4), np.float32)
+    chunk.job.batch_size = 4
+    device = TorchDevice(lambda name: served, torch.device("cpu"), gate=gate, shards=pool)
+    try:
+        paused = device.run_chunk(chunk)
+    finally:
+        pool.stop()
+    opener[0].join(5)
+    assert len(reads) == 2  # two shards, each held 3 ms at the same time: 3 ms, not 6
+    assert paused == pytest.approx(0.003)
+
+
 def test_a_chunk_beside_an_idle_lane_reports_no_pause_and_a_latency_critical_one_none():
     from runtime.executor import BatchGate, TorchDevice
 
