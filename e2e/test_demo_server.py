@@ -139,6 +139,21 @@ def test_grpc_serves_models_loaded_through_the_repository_api(tmp_path):
         inp = grpcclient.InferInput("image", list(x.shape), "FP32")
         inp.set_data_from_numpy(x)
         assert client.infer("detector", [inp]).as_numpy("scores").shape == (1, 16)
+        # tritonclient's own repository calls: the index as REST gives it, unload and load
+        rest = httpx.post(f"{base}/v2/repository/index").json()
+        index = client.get_model_repository_index(as_json=True)["models"]
+        assert index == rest and {m["name"] for m in index} == {"classifier", "detector"}
+        client.unload_model("classifier")
+        assert [m["name"] for m in client.get_model_repository_index(
+            as_json=True)["models"] if m.get("state") == "READY"] == ["detector"]
+        client.load_model("classifier")
+        assert client.is_model_ready("classifier")
+        # a message past gRPC's 4 MiB and KServe's 8 MiB reaches the model's checks
+        big = image(16, 224)  # 9.6 MB
+        too_many = grpcclient.InferInput("image", list(big.shape), "FP32")
+        too_many.set_data_from_numpy(big)
+        with pytest.raises(InferenceServerException, match="max batch size"):
+            client.infer("classifier", [too_many])
 
 
 def test_sigterm_stops_grpc_at_once_while_http_drains(tmp_path):

@@ -20,6 +20,8 @@ import logging
 from concurrent import futures
 from typing import Any
 
+import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet
 from grpc import ServicerContext, StatusCode, aio
@@ -119,6 +121,32 @@ def _authorization(context: ServicerContext) -> str:
         if key == "authorization":
             return value if isinstance(value, str) else value.decode("latin-1")
     return ""
+
+
+def _triton_index_messages() -> tuple[Any, Any]:
+    """Triton's RepositoryIndexRequest and RepositoryIndexResponse (grpc_service.proto), which
+    KServe's proto lacks: built in a descriptor pool of their own, since KServe's and Triton's
+    generated modules both claim the ``inference`` package in the default one."""
+    fd = descriptor_pb2.FileDescriptorProto(name="deft_triton_index.proto",
+                                            package="deft.triton", syntax="proto3")
+    F = descriptor_pb2.FieldDescriptorProto
+    req = fd.message_type.add(name="RepositoryIndexRequest")
+    req.field.add(name="repository_name", number=1, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
+    req.field.add(name="ready", number=2, type=F.TYPE_BOOL, label=F.LABEL_OPTIONAL)
+    resp = fd.message_type.add(name="RepositoryIndexResponse")
+    entry = resp.nested_type.add(name="ModelIndex")
+    for number, name in enumerate(("name", "version", "state", "reason"), start=1):
+        entry.field.add(name=name, number=number, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
+    resp.field.add(name="models", number=1, type=F.TYPE_MESSAGE, label=F.LABEL_REPEATED,
+                   type_name=".deft.triton.RepositoryIndexResponse.ModelIndex")
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fd)
+    return tuple(message_factory.GetMessageClass(pool.FindMessageTypeByName(
+        f"deft.triton.{n}")) for n in ("RepositoryIndexRequest", "RepositoryIndexResponse"))
+
+
+RepositoryIndexRequest, RepositoryIndexResponse = _triton_index_messages()
+REPOSITORY_INDEX_METHOD = "RepositoryIndex"
 
 
 class DeftServicer(InferenceServicer):  # type: ignore[misc]
@@ -224,6 +252,29 @@ class DeftServicer(InferenceServicer):  # type: ignore[misc]
             await self._engine.unload(name)
         return pb.RepositoryModelUnloadResponse(model_name=name, isUnloaded=True)
 
+    async def RepositoryIndex(self, request: Any, context: ServicerContext) -> Any:
+        """Triton's repository index (not in KServe's proto; served by ``index_handler``):
+        REST's ``POST /v2/repository/index``, behind the same access check; ``ready``: only
+        the models ready now."""
+        with as_kserve_errors():
+            self._access.check_authorization(_authorization(context))
+        index = self._engine.index()
+        if request.ready:
+            index = [m for m in index if m["state"] == "READY"]
+        entry = RepositoryIndexResponse.ModelIndex
+        return RepositoryIndexResponse(models=[entry(**m) for m in index])
+
+
+def index_handler(servicer: DeftServicer) -> grpc.GenericRpcHandler:
+    """``inference.GRPCInferenceService/RepositoryIndex`` (what ``tritonclient.grpc``'s
+    ``get_model_repository_index`` calls), beside KServe's methods of the same service."""
+    return grpc.method_handlers_generic_handler("inference.GRPCInferenceService", {
+        REPOSITORY_INDEX_METHOD: grpc.unary_unary_rpc_method_handler(
+            servicer.RepositoryIndex,
+            request_deserializer=RepositoryIndexRequest.FromString,
+            response_serializer=RepositoryIndexResponse.SerializeToString),
+    })
+
 
 def keep_unsupported_keys(request: pb.ModelInferRequest, converted: InferRequest) -> None:
     """kserve's conversion keeps a tensor's parameters only of the kinds its proto has, so a
@@ -279,6 +330,8 @@ def make_server(
         options=options,
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    if isinstance(servicer, DeftServicer):
+        server.add_generic_rpc_handlers((index_handler(servicer),))
     return server
 
 

@@ -56,6 +56,8 @@ class Runtime:
     registry: Any
     stub: Any
     pb: Any
+    channel: Any = None
+    index_response: Any = None
 
 
 @contextlib.asynccontextmanager
@@ -79,7 +81,8 @@ async def grpc_runtime(kg: Kserve, access: RepositoryAccess | None = None,
         async with grpc.aio.insecure_channel(
                 f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", -1)]
         ) as channel:
-            yield Runtime(engine, registry, kg.pb_grpc.GRPCInferenceServiceStub(channel), kg.pb)
+            yield Runtime(engine, registry, kg.pb_grpc.GRPCInferenceServiceStub(channel), kg.pb,
+                          channel, kg.grpc_api.RepositoryIndexResponse)
     finally:
         await server.stop(0)
         engine.stop(1.0)
@@ -277,6 +280,34 @@ def test_a_triton_load_bringing_a_configuration_or_files_is_refused_as_over_rest
     run(kg, scenario)
 
 
+def repository_index(rt: Runtime) -> Any:
+    """Triton's RepositoryIndex on the runtime's channel (KServe's stub has no such method)."""
+    return rt.channel.unary_unary(
+        "/inference.GRPCInferenceService/RepositoryIndex",
+        request_serializer=lambda m: m.SerializeToString(),
+        response_deserializer=rt.index_response.FromString)
+
+
+def test_the_repository_index_is_tritons_rpc_with_rests_answer(kg):
+    with rest_client() as (client, _):
+        rest_all = client.post("/v2/repository/index").json()
+        rest_ready = client.post("/v2/repository/index", json={"ready": True}).json()
+
+    async def scenario(rt):
+        index = repository_index(rt)
+        req = kg.grpc_api.RepositoryIndexRequest
+        every = await index(req())
+        ready = await index(req(ready=True))
+        as_dicts = lambda r: [  # noqa: E731
+            {k: v for k, v in (("name", m.name), ("version", m.version), ("state", m.state),
+                               ("reason", m.reason)) if v} for m in r.models]
+        assert as_dicts(every) == rest_all and as_dicts(ready) == rest_ready
+        assert [m.name for m in every.models] == ["mlp", "not-loaded"]
+        assert [m.name for m in ready.models] == ["mlp"]
+
+    run(kg, scenario)
+
+
 REFUSALS = [
     (RepositoryAccess(enabled=False), None, 403, grpc.StatusCode.PERMISSION_DENIED),
     (RepositoryAccess(token="s3cret"), None, 401, grpc.StatusCode.UNAUTHENTICATED),
@@ -301,6 +332,7 @@ def test_repository_refusals_are_rests_over_grpc(kg, access, authorization, stat
                                        metadata=metadata),
             stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="ghost"),
                                      metadata=metadata),
+            repository_index(rt)(kg.grpc_api.RepositoryIndexRequest(), metadata=metadata),
         ):
             assert await expect(call, code) == words
         assert rt.engine.model_ready("mlp") and "mlp" in rt.registry.models
