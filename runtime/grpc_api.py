@@ -52,7 +52,12 @@ from runtime.http import (
     check_load_parameters,
 )
 from runtime.http import _check_version as check_version
-from runtime.kserve_model import GRPC_RECEIVED_AT, DeftModel, as_kserve_errors
+from runtime.kserve_model import (
+    GRPC_RECEIVED_AT,
+    DeftModel,
+    QueueFullStatus,
+    as_kserve_errors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -300,6 +305,14 @@ class ClientErrorsToStatus(ExceptionToStatusInterceptor):  # type: ignore[misc]
         self, ex: Exception, request_or_iterator: Any, context: ServicerContext,
         method_name: str,
     ) -> None:
+        if isinstance(ex, QueueFullStatus):
+            # REST's Retry-After, as gRPC's retry pushback: a client whose retry policy
+            # covers RESOURCE_EXHAUSTED waits that long before it tries again
+            pushback = str(max(1, round(ex.retry_after_s * 1000)))
+            log.info("%s: %s %s", method_name, ex.status_code.name, ex.details)
+            await context.abort(ex.status_code, ex.details,
+                                trailing_metadata=(("grpc-retry-pushback-ms", pushback),))
+            return
         if isinstance(ex, (KServeInvalidInput, UnsupportedProtocol)):
             code = StatusCode.INVALID_ARGUMENT
         elif isinstance(ex, KServeModelNotFound):

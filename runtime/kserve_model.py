@@ -48,6 +48,14 @@ def _model_not_found(exc: errors.ModelNotFound) -> KServeModelNotFound:
     return err
 
 
+class QueueFullStatus(ResourceExhausted):  # type: ignore[misc]
+    """A full queue over gRPC (RESOURCE_EXHAUSTED), with REST's ``Retry-After`` in seconds."""
+
+    def __init__(self, details: str, retry_after_s: float) -> None:
+        super().__init__(details)
+        self.retry_after_s = retry_after_s
+
+
 def _kserve_error(exc: errors.DeftError) -> Exception:
     """The exception kserve's servers turn into the status REST gives (gRPC's code for it)
     with REST's words: kserve's own errors where it has one (REST and gRPC), gRPC status
@@ -60,7 +68,7 @@ def _kserve_error(exc: errors.DeftError) -> Exception:
     if isinstance(exc, (errors.ModelNotReady, errors.ShuttingDown)):
         return Unavailable(str(exc))
     if isinstance(exc, errors.QueueFull):
-        return ResourceExhausted(str(exc))
+        return QueueFullStatus(str(exc), exc.retry_after_s)
     if isinstance(exc, errors.RequestTimeout):
         return DeadlineExceeded(str(exc))
     if isinstance(exc, errors.Unauthorized):

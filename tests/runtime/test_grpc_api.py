@@ -445,6 +445,32 @@ def test_a_large_grpc_infer_is_converted_and_checked_off_the_event_loop(kg, monk
     run(kg, scenario)
 
 
+def test_a_full_queue_is_resource_exhausted_with_rest_s_retry_after_as_pushback(kg):
+    from runtime import errors
+
+    with rest_client() as (client, engine):
+        async def full(*args, **kwargs):
+            raise errors.QueueFull("model 'mlp' has 16 requests queued", retry_after_s=2.5)
+
+        engine.infer = full
+        r = client.post("/v2/models/mlp/infer", json={"inputs": [
+            {"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [0, 0, 0, 0]}]})
+    assert r.status_code == 429 and r.headers["retry-after"] == "2"
+
+    async def scenario(rt):
+        async def full(*args, **kwargs):
+            raise errors.QueueFull("model 'mlp' has 16 requests queued", retry_after_s=2.5)
+
+        rt.engine.infer = full
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await rt.stub.ModelInfer(infer_request(rt.pb))
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert info.value.details() == r.json()["error"]
+        assert ("grpc-retry-pushback-ms", "2500") in tuple(info.value.trailing_metadata())
+
+    run(kg, scenario)
+
+
 def _uint64(value: int) -> bytes:
     """An InferParameter with Triton's ``uint64_param`` (field 5, varint), as bytes."""
     return b"\x28" + _varint(value)
