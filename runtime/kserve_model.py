@@ -245,7 +245,9 @@ class DeftModel(Model):  # type: ignore[misc]
         for spec in wanted:
             arr = outputs[spec.name]
             out = InferOutput(spec.name, list(arr.shape), NUMPY_TO_V2.get(arr.dtype, spec.datatype))
-            out.set_data_from_numpy(arr, binary_data=True)
+            out.set_data_from_numpy(arr, binary_data=True)  # raw_output_contents over gRPC
+            if out.parameters:  # REST's binary extension's size, which means nothing here
+                out.parameters.pop("binary_data_size", None)
             infer_outputs.append(out)
         return InferResponse(
             response_id=payload.id or "", model_name=self.name, infer_outputs=infer_outputs,

@@ -378,6 +378,9 @@ def test_an_unknown_model_or_version_is_not_found_with_rests_words(kg):
         assert list(meta.versions) == ["1"]
         answer = await stub.ModelInfer(infer_request(pb, version="1"))
         assert (answer.model_name, answer.model_version) == ("mlp", "1")  # as REST answers
+        # raw contents, without REST's binary_data_size parameter
+        assert len(answer.raw_output_contents) == 1
+        assert all("binary_data_size" not in o.parameters for o in answer.outputs)
 
     run(kg, scenario)
 
