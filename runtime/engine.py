@@ -374,7 +374,9 @@ class Engine:
         for hook in self.on_unloaded:
             hook(name)
 
-    def index(self) -> list[dict[str, str]]:
+    def index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        """The repository's models and the ones loaded from elsewhere, with their state
+        (``ready_only``: the models ready now), as the repository index answers."""
         names = sorted(set(self._available()) | set(self._models))
         out = []
         for name in names:
@@ -384,7 +386,7 @@ class Engine:
             if entry is not None and entry.reason:
                 item["reason"] = entry.reason
             out.append(item)
-        return out
+        return [m for m in out if m["state"] == "READY"] if ready_only else out
 
     # -- settings ------------------------------------------------------------------------
 

@@ -38,7 +38,7 @@ from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor, LoggingInterceptor
 from kserve.protocol.grpc.server import GRPCServer
 from kserve.protocol.grpc.servicer import InferenceServicer
-from kserve.protocol.infer_type import InferRequest, InferResponse
+from kserve.protocol.infer_type import InferRequest
 from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 from kserve.utils.utils import to_headers
 
@@ -228,16 +228,14 @@ class DeftServicer(InferenceServicer):  # type: ignore[misc]
                 model_name=request.model_name)
         finally:
             GRPC_RECEIVED_AT.reset(token)
-        if isinstance(body, pb.ModelInferResponse):
-            return body
-        if isinstance(body, InferResponse):
-            return body.to_grpc()
-        return pb.ModelInferResponse(
-            id=body["id"], model_name=body["model_name"], outputs=body["outputs"])
+        return body.to_grpc()  # every model here is a DeftModel: an InferResponse
 
-    def _repository_call(self, request: Any, context: ServicerContext) -> str:
+    def _check_access(self, context: ServicerContext) -> None:
         with as_kserve_errors():
             self._access.check_authorization(_authorization(context))
+
+    def _repository_call(self, request: Any, context: ServicerContext) -> str:
+        self._check_access(context)
         return repository_model_name(request)
 
     async def RepositoryModelLoad(
@@ -261,13 +259,10 @@ class DeftServicer(InferenceServicer):  # type: ignore[misc]
         """Triton's repository index (not in KServe's proto; served by ``index_handler``):
         REST's ``POST /v2/repository/index``, behind the same access check; ``ready``: only
         the models ready now."""
-        with as_kserve_errors():
-            self._access.check_authorization(_authorization(context))
-        index = self._engine.index()
-        if request.ready:
-            index = [m for m in index if m["state"] == "READY"]
+        self._check_access(context)
         entry = RepositoryIndexResponse.ModelIndex
-        return RepositoryIndexResponse(models=[entry(**m) for m in index])
+        return RepositoryIndexResponse(
+            models=[entry(**m) for m in self._engine.index(ready_only=request.ready)])
 
 
 def index_handler(servicer: DeftServicer) -> grpc.GenericRpcHandler:
@@ -305,23 +300,21 @@ class ClientErrorsToStatus(ExceptionToStatusInterceptor):  # type: ignore[misc]
         self, ex: Exception, request_or_iterator: Any, context: ServicerContext,
         method_name: str,
     ) -> None:
+        trailing: tuple[tuple[str, str], ...] = ()
         if isinstance(ex, QueueFullStatus):
+            code, details = ex.status_code, ex.details
             # REST's Retry-After, as gRPC's retry pushback: a client whose retry policy
             # covers RESOURCE_EXHAUSTED waits that long before it tries again
-            pushback = str(max(1, round(ex.retry_after_s * 1000)))
-            log.info("%s: %s %s", method_name, ex.status_code.name, ex.details)
-            await context.abort(ex.status_code, ex.details,
-                                trailing_metadata=(("grpc-retry-pushback-ms", pushback),))
-            return
-        if isinstance(ex, (KServeInvalidInput, UnsupportedProtocol)):
-            code = StatusCode.INVALID_ARGUMENT
+            trailing = (("grpc-retry-pushback-ms", str(max(1, round(ex.retry_after_s * 1000)))),)
+        elif isinstance(ex, (KServeInvalidInput, UnsupportedProtocol)):
+            code, details = StatusCode.INVALID_ARGUMENT, ex.reason
         elif isinstance(ex, KServeModelNotFound):
-            code = StatusCode.NOT_FOUND
+            code, details = StatusCode.NOT_FOUND, ex.reason
         else:
             await super().handle_exception(ex, request_or_iterator, context, method_name)
             return
-        log.info("%s: %s %s", method_name, code.name, ex.reason)
-        await context.abort(code, ex.reason)
+        log.info("%s: %s %s", method_name, code.name, details)
+        await context.abort(code, details, trailing_metadata=trailing)
 
 
 def make_server(

@@ -429,8 +429,7 @@ def build_router(
         ready = doc.get("ready", False)
         if not isinstance(ready, bool):
             raise errors.InvalidInput("repository index: 'ready' must be a boolean")
-        index = engine.index()
-        return _json([m for m in index if m["state"] == "READY"] if ready else index)
+        return _json(engine.index(ready_only=ready))
 
     @_guard
     async def repository_load(request: Request, model_name: str) -> Response:

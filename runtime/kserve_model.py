@@ -188,13 +188,8 @@ INLINE_INPUT_ELEMENTS = 1 << 16
 
 
 def _elements(payload: InferRequest) -> int:
-    total = 0
-    for tensor in payload.inputs:
-        n = 1
-        for d in tensor.shape:
-            n *= d if isinstance(d, int) and d > 0 else 0
-        total += n
-    return total
+    """The request's input elements (a shape with a size that is not a count: none)."""
+    return sum(math.prod(d if is_count(d) else 0 for d in t.shape) for t in payload.inputs)
 
 
 class DeftModel(Model):  # type: ignore[misc]

@@ -122,10 +122,9 @@ class Probe:
 
         from runtime import model_repository as repo
 
-        self.model_dir, self.lc_name, self.batch_name = model_dir, lc, batch
+        self.model_dir, self.batch_name = model_dir, batch
         self.cache_dir = cache_dir
         self.cores = cores or torch.get_num_threads()
-        self.profile = profile
         self.lane_threads = lane_threads
         kw: dict[str, Any] = {"cache_dir": cache_dir, "progress": False, "profile": profile}
         self.lc = repo.load(repo.find(model_dir, lc), "cpu", **kw)
