@@ -91,3 +91,40 @@ def test_unknown_conditions_are_refused(capsys):
     with pytest.raises(SystemExit):
         corun.main(["--conditions", "alone,nowhere"])
     assert "unknown conditions ['nowhere']" in capsys.readouterr().err
+
+
+def test_suspended_batch_processes_are_stopped_exactly_while_each_job_computes(probe):
+    import dataclasses
+    import subprocess
+
+    batch = subprocess.Popen(["sleep", "60"])
+    seen: list[str] = []
+
+    def state() -> str:
+        with open(f"/proc/{batch.pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+
+    class Spy:
+        def __init__(self, inner):
+            self.inner, self.num_units = inner, inner.num_units
+
+        def start(self, x):
+            return self.inner.start(x)
+
+        def run(self, st, a, b):
+            seen.append(state())
+            return self.inner.run(st, a, b)
+
+        def finish(self, st):
+            return self.inner.finish(st)
+
+    real = probe.lc
+    probe.lc = dataclasses.replace(real, model=Spy(real.model))
+    try:
+        took = probe.lc_compute([0.001, 0.002, 0.003], suspend=[batch.pid])
+        assert len(took) == 3 and seen == ["T", "T", "T"]  # stopped while computing
+        assert state() in ("S", "R")  # and running again after
+    finally:
+        probe.lc = real
+        batch.kill()
+        batch.wait()

@@ -6,7 +6,7 @@ shards run at ``SCHED_IDLE``: the OS gives the lane any core it wants at once, a
 pause at their next unit boundary. Until then they still run on the other cores, and the
 cores share the memory system, the caches and the clock. This probe times the
 latency-critical model's compute, from Poisson arrivals on a thread of its own with the
-lane's one intra-op thread, in turns under three conditions:
+lane's one intra-op thread, in turns under four conditions:
 
 - ``alone``: nothing else runs;
 - ``shards``: beside the batch model run as the runtime runs it beside the lane (a row shard
@@ -14,7 +14,10 @@ lane's one intra-op thread, in turns under three conditions:
   latency-critical job runs);
 - ``process``: beside the same batch work in another process at ``SCHED_IDLE`` that never
   pauses; it shares nothing with this process but the machine (no interpreter lock, no
-  allocator).
+  allocator);
+- ``suspended``: beside those processes, suspended (``SIGSTOP``) the moment each
+  latency-critical job starts and resumed (``SIGCONT``) when it ends: batch work stops at
+  once, mid-op, instead of at a unit boundary; the two signals are counted in the time.
 
 Conditions alternate within each round (the machine's speed drifts over minutes). The
 report is the median over rounds of each percentile, and each condition's p99 over
@@ -28,6 +31,7 @@ import argparse
 import json
 import os
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -39,7 +43,7 @@ from typing import Any
 
 from e2e.bench.stats import percentile
 
-CONDITIONS = ("alone", "shards", "process")
+CONDITIONS = ("alone", "shards", "process", "suspended")
 QUANTILES = (0.5, 0.9, 0.99)
 
 _BATCH_PROCESS = """
@@ -138,10 +142,10 @@ class Probe:
 
     # -- the latency-critical side ----------------------------------------------------------
 
-    def lc_compute(self, offsets: Sequence[float]) -> list[float]:
+    def lc_compute(self, offsets: Sequence[float], suspend: Sequence[int] = ()) -> list[float]:
         """The latency-critical model's compute time (s) for one request at each offset,
         on the calling (lane) thread; the shards' gate (``lane_idle``) is closed while
-        each runs."""
+        each runs, and the processes ``suspend`` are stopped."""
         import torch
 
         from runtime.threads import limit_intra_op_threads
@@ -156,9 +160,13 @@ class Probe:
                     time.sleep(wait)
                 self.lane_idle.clear()
                 t = time.perf_counter()
+                for pid in suspend:
+                    os.kill(pid, signal.SIGSTOP)
                 state = seg.start(self.lc_inputs)
                 seg.run(state, 0, seg.num_units)
                 seg.finish(state)
+                for pid in suspend:
+                    os.kill(pid, signal.SIGCONT)
                 took.append(time.perf_counter() - t)
                 self.lane_idle.set()
         return took
@@ -199,7 +207,7 @@ class Probe:
             for t in threads:
                 t.join(30)
 
-    def beside_process(self, run: Callable[[], list[float]]) -> list[float]:
+    def beside_process(self, run: Callable[[Sequence[int]], list[float]]) -> list[float]:
         root = Path(__file__).resolve().parents[2]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             p for p in (str(root), os.environ.get("PYTHONPATH")) if p)}
@@ -213,7 +221,7 @@ class Probe:
                 if p.stdout.readline().strip() != "ready":
                     raise RuntimeError(f"the batch process for {self.batch_name} did not start")
             time.sleep(0.5)
-            return run()
+            return run([p.pid for p in procs])
         finally:
             for p in procs:
                 p.kill()
@@ -228,7 +236,10 @@ class Probe:
         if cond == "shards":
             return self.beside_shards(run)
         if cond == "process":
-            return self.beside_process(run)
+            return self.beside_process(lambda _: run())
+        if cond == "suspended":
+            return self.beside_process(
+                lambda pids: _on_thread(lambda: self.lc_compute(offsets, suspend=pids)))
         raise ValueError(f"unknown condition {cond!r}")
 
 
@@ -246,7 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m e2e.bench.corun",
         description="A latency-critical model's compute alone and beside batch compute "
-                    "(row shards at SCHED_IDLE in this process; another process), in turns.")
+                    "(row shards at SCHED_IDLE in this process; other processes, running or "
+                    "suspended while it computes), in turns.")
     p.add_argument("--model_dir", type=Path, default=None,
                    help="model repository (default: the bench repository)")
     p.add_argument("--lc", default="detector")
