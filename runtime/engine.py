@@ -420,6 +420,10 @@ class Engine:
         served = self._served(model)
         return served.max_queue_delay_s if served is not None else 0.0
 
+    def batch_limit(self, model: str) -> int | None:
+        """The largest batch ``model`` takes now (None: unbounded, or not loaded)."""
+        return self._batch_limit(model)
+
     def _batch_limit(self, model: str) -> int | None:
         entry = self._models.get(model)
         if entry is None or entry.served is None:
@@ -556,6 +560,7 @@ class Engine:
             result = await future
         except asyncio.CancelledError:
             inbox.cancel(job)
+            self.metrics.requests.labels(name, klass.value, "cancelled").inc()
             raise
         except BaseException as exc:
             outcome = type(exc).__name__
@@ -592,7 +597,6 @@ def _outcome(exc_name: str) -> str:
     return {
         "RequestTimeout": "timeout",
         "InferenceFailed": "failed",
-        "CancelledError": "cancelled",
     }.get(exc_name, "rejected")
 
 

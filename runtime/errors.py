@@ -3,6 +3,18 @@
 from __future__ import annotations
 
 
+def printable(text: str, limit: int = 1000) -> str:
+    """``text`` as an error message shows it to a client and a log line holds it: at most
+    ``limit`` characters of it, its control characters (line breaks, NUL) escaped. Messages
+    quote what clients send (model and tensor names, paths), of any length and content: a
+    forged log line must not come of it, nor a gRPC status too large for its header."""
+    if len(text) > limit:
+        text = f"{text[:limit]}... ({len(text)} characters)"
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class DeftError(Exception):
     """Root of every error the runtime raises on purpose."""
 

@@ -16,7 +16,9 @@ Imports kserve at module level: import this module only from the entry point (ks
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
+from collections.abc import Awaitable, Callable
 from concurrent import futures
 from typing import Any
 
@@ -44,6 +46,7 @@ from kserve.utils.utils import to_headers
 
 from runtime.codec import UNSUPPORTED_PARAMS
 from runtime.engine import Engine
+from runtime.errors import printable
 from runtime.http import (
     EXTENSIONS,
     SERVER_NAME,
@@ -57,6 +60,7 @@ from runtime.kserve_model import (
     DeftModel,
     QueueFullStatus,
     as_kserve_errors,
+    check_message_inputs,
 )
 
 log = logging.getLogger(__name__)
@@ -213,8 +217,10 @@ class DeftServicer(InferenceServicer):  # type: ignore[misc]
         ``DeftModel.predict``."""
         received = self._engine.clock.now()
         with as_kserve_errors():
-            self._engine.model(request.model_name)
+            served = self._engine.model(request.model_name)
         self.validate_grpc_request(request)
+        # before the typed contents cost their conversion
+        check_message_inputs(request, served.inputs, self._engine.batch_limit(served.name))
         if request.ByteSize() > INLINE_MESSAGE_BYTES:
             infer_request = await asyncio.get_running_loop().run_in_executor(
                 None, InferRequest.from_grpc, request)
@@ -313,8 +319,46 @@ class ClientErrorsToStatus(ExceptionToStatusInterceptor):  # type: ignore[misc]
         else:
             await super().handle_exception(ex, request_or_iterator, context, method_name)
             return
+        details = printable(details)
         log.info("%s: %s %s", method_name, code.name, details)
         await context.abort(code, details, trailing_metadata=trailing)
+
+
+class _Malformed:
+    """What a request that is not a valid protobuf message of its method's type decodes to."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+class MalformedMessagesToStatus(aio.ServerInterceptor):  # type: ignore[misc]
+    """A request whose bytes are not a message of its method's type is INVALID_ARGUMENT,
+    logged as one line, as a client's other mistakes are. gRPC itself answers UNKNOWN and
+    logs an error with a traceback for each, which any client could fill the log with."""
+
+    async def intercept_service(
+        self, continuation: Callable[[Any], Awaitable[Any]], details: Any
+    ) -> Any:
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+            return handler
+        decode, inner = handler.request_deserializer, handler.unary_unary
+
+        def lenient(raw: bytes) -> Any:
+            try:
+                return decode(raw)
+            except DecodeError as exc:
+                return _Malformed(str(exc))
+
+        async def call(request: Any, context: ServicerContext) -> Any:
+            if isinstance(request, _Malformed):
+                reason = printable(f"the request is not a valid message: {request.reason}")
+                log.info("%s: INVALID_ARGUMENT %s", details.method, reason)
+                await context.abort(StatusCode.INVALID_ARGUMENT, reason)
+            answer = inner(request, context)
+            return await answer if inspect.isawaitable(answer) else answer
+
+        return handler._replace(request_deserializer=lenient, unary_unary=call)
 
 
 def make_server(
@@ -332,7 +376,7 @@ def make_server(
     interceptors = (LoggingInterceptor(),) if log_calls else ()
     server = aio.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
-        interceptors=(*interceptors, ClientErrorsToStatus()),
+        interceptors=(MalformedMessagesToStatus(), *interceptors, ClientErrorsToStatus()),
         options=options,
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)

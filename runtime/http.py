@@ -60,7 +60,8 @@ def status_of(exc: errors.DeftError) -> int:
 
 
 def error_response(message: str, status: int, headers: dict[str, str] | None = None) -> Response:
-    return Response(error_body(message), status, headers, media_type="application/json")
+    return Response(error_body(errors.printable(message)), status, headers,
+                    media_type="application/json")
 
 
 def _json(doc: Any, status: int = 200) -> Response:
@@ -103,7 +104,7 @@ def _decodes_inline(body: bytes | BodyChunks, headers: dict[str, str]) -> bool:
     if headers.get("content-encoding") or len(body) > INLINE_DECODE_BYTES:
         return False
     header_len = headers.get("inference-header-content-length", "")
-    if header_len.isdigit():
+    if header_len.isascii() and header_len.isdigit():  # not "\u00b2": the codec refuses it
         return int(header_len) <= INLINE_JSON_BYTES
     return len(body) <= INLINE_JSON_BYTES
 
@@ -332,7 +333,8 @@ def infer_handler(
 
         def decode() -> Any:
             raw = body.join() if isinstance(body, BodyChunks) else body
-            return decode_request(raw, headers, served.inputs, limits, outputs=served.outputs)
+            return decode_request(raw, headers, served.inputs, limits, outputs=served.outputs,
+                                  max_batch_size=served.max_batch_size)
 
         # A small binary request decodes in microseconds (numpy views of the body): on the
         # loop it saves two thread hops. Anything else (JSON, compressed, large) decodes in a
@@ -544,12 +546,18 @@ def install(app: FastAPI, engine: Engine, limits: Limits, access: RepositoryAcce
         return InferFastPath(build(), infer)
 
     app.build_middleware_stack = build_with_fast_path  # type: ignore[method-assign]
+    # a path with a trailing slash is not a route: a v2 404, not a redirect with an empty
+    # body (which v2 clients do not follow) to the host the request named
+    app.router.redirect_slashes = False
 
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
         return error_response(f"invalid request: {exc.errors()}", 400)
 
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        return error_response(str(exc.detail), exc.status_code, getattr(exc, "headers", None))
+        detail = str(exc.detail)
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"no route {request.method} {request.url.path}"
+        return error_response(detail, exc.status_code, getattr(exc, "headers", None))
 
     app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]

@@ -500,3 +500,41 @@ def test_payload_limits() -> None:
     bomb = gzip.compress(b" " * 100_000)
     with pytest.raises(PayloadTooLarge, match="decompressed"):
         decode_request(bomb, {"content-encoding": "gzip"}, None, Limits(max_body_bytes=50_000))
+
+
+def test_json_is_bounded_by_what_the_model_s_largest_batch_can_need() -> None:
+    from runtime.codec._decode import JSON_BYTES_PER_VALUE, JSON_SLACK_BYTES, json_bound
+    from runtime.errors import PayloadTooLarge
+
+    specs = [TensorSpec("x", "FP32", (-1, 4)), TensorSpec("ids", "INT64", (3,))]
+    assert json_bound(specs, 8) == (8 * 4 + 3) * JSON_BYTES_PER_VALUE + JSON_SLACK_BYTES
+    assert json_bound(specs, None) is None and json_bound(None, 8) is None
+    assert json_bound([TensorSpec("x", "FP32", (-1, -1))], 8) is None  # any length
+    assert json_bound([TensorSpec("s", "BYTES", (-1, 1))], 8) is None  # a value of any size
+    # the largest batch, pretty-printed and nested, with values at their longest, decodes
+    wide = [TensorSpec("x", "FP32", (-1, 2, 2048))]
+    rows = np.full((8, 2, 2048), -1.2345678e-30, dtype=np.float32)
+    doc = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [8, 2, 2048],
+                       "data": rows.astype(float).tolist()}]}
+    text = json.dumps(doc, indent=8).encode()
+    assert len(text) > JSON_SLACK_BYTES
+    assert decode_request(text, {}, wide, LIMITS, max_batch_size=8).inputs["x"].shape == \
+        rows.shape
+    # junk that no request for the model needs is refused before it is parsed
+    junk = b'{"parameters":{"x":[' + b"{}," * (JSON_SLACK_BYTES // 3 + 1000) + b'{}]},"inputs":[]}'
+    with pytest.raises(PayloadTooLarge, match="binary tensor extension"):
+        decode_request(junk, {}, specs, LIMITS, max_batch_size=8)
+    with pytest.raises(InvalidInput, match="missing"):  # without the bound it is parsed
+        decode_request(junk, {}, specs, LIMITS)
+    # the binary extension's JSON header is bounded the same way
+    body = junk + np.zeros(3, np.int64).tobytes()
+    with pytest.raises(PayloadTooLarge, match="request JSON"):
+        decode_request(body, {HEADER_LENGTH: str(len(junk))}, specs, LIMITS, max_batch_size=8)
+
+
+def test_json_with_nan_reads_integers_past_64_bits_as_the_strict_parser_does() -> None:
+    for value in (10**20, 10**400):
+        doc = b'{"parameters":{"x":%d},"inputs":[{"name":"x","datatype":"FP32","shape":[2],' \
+              b'"data":[NaN,%d]}]}' % (value, value)
+        got = decode_request(doc, {}, None, LIMITS).inputs["x"]
+        assert np.isnan(got[0]) and got[1] == np.float32(float(str(value)))  # 1e20, inf

@@ -16,6 +16,10 @@ from runtime.errors import InvalidInput, PayloadTooLarge
 from runtime.tensors import V2_TO_NUMPY, TensorSpec
 
 _MAX_DIMS = 32
+# the most JSON text one tensor value can need, indented and separated: a request whose JSON
+# is longer than this for every value of the model's largest batch carries something else
+JSON_BYTES_PER_VALUE = 64
+JSON_SLACK_BYTES = 1024 * 1024
 _DIGITS = re.compile(r"[0-9]{1,19}")
 # tensor parameters of v2 extensions this server does not implement
 UNSUPPORTED_PARAMS = ("shared_memory_region", "classification")
@@ -38,6 +42,7 @@ def decode_request(
     limits: Limits,
     *,
     outputs: Sequence[TensorSpec] | None = None,
+    max_batch_size: int | None = None,
 ) -> InferRequest:
     """Decode a v2 ``infer`` request body.
 
@@ -45,7 +50,11 @@ def decode_request(
     (lower-case keys). ``inputs``/``outputs``: the model's tensors to validate against, or None
     to accept any. Honours ``inference-header-content-length`` (binary tensor extension) and
     ``content-encoding`` gzip/deflate. Raises ``PayloadTooLarge`` for a body or tensor over
-    ``limits`` and ``InvalidInput`` for every other problem; nothing else for any input."""
+    ``limits`` and ``InvalidInput`` for every other problem; nothing else for any input.
+    Where the model's largest request is known (``inputs`` with ``max_batch_size``), JSON
+    longer than any request for it can need (:func:`json_bound`) is refused before it is
+    parsed: parsing holds the interpreter, and junk parses into objects many times its
+    size."""
     raw_body = memoryview(body).cast("B")
     if len(raw_body) > limits.max_body_bytes:
         raise PayloadTooLarge(
@@ -53,6 +62,14 @@ def decode_request(
         )
     buf = memoryview(_decompress(raw_body, headers.get("content-encoding"), limits))
     header_length = _header_length(headers.get(HEADER_LENGTH), len(buf))
+    bound = json_bound(inputs, max_batch_size)
+    text = header_length or len(buf)
+    if bound is not None and text > bound:
+        raise PayloadTooLarge(
+            f"request JSON is {text} bytes, more than a request for this model can need "
+            f"({bound} bytes: {JSON_BYTES_PER_VALUE} per value of its largest batch, and "
+            f"{JSON_SLACK_BYTES}); large tensors go in the binary tensor extension"
+        )
     if header_length:
         doc = _json.loads(buf[:header_length], "request header")
     else:
@@ -116,6 +133,22 @@ def decode_request(
         outputs=wanted,
         binary_data_output=binary_default,
     )
+
+
+def json_bound(inputs: Sequence[TensorSpec] | None, max_batch_size: int | None) -> int | None:
+    """The most JSON a request for a model with ``inputs`` can need: ``JSON_BYTES_PER_VALUE``
+    for every value of its largest batch, and ``JSON_SLACK_BYTES``. None where that is not
+    known: no inputs given, no batch bound, a variable dimension besides the batch, or a
+    BYTES input (a value of any length)."""
+    if inputs is None or max_batch_size is None:
+        return None
+    values = 0
+    for spec in inputs:
+        if spec.datatype == "BYTES" or -1 in spec.shape[1:]:
+            return None
+        n = max_batch_size if spec.shape and spec.shape[0] == -1 else 1
+        values += n * math.prod(d for d in spec.shape if d != -1)
+    return values * JSON_BYTES_PER_VALUE + JSON_SLACK_BYTES
 
 
 def _decompress(body: memoryview, encoding: str | None, limits: Limits) -> bytes | memoryview:

@@ -22,13 +22,25 @@ def loads(raw: bytes | bytearray | memoryview, what: str) -> object:
     except UnicodeDecodeError as err:
         raise InvalidInput(f"{what} is not valid UTF-8: {err}") from None
     try:
-        doc = json.loads(text)
+        doc = json.loads(text, parse_int=_int)
+    except (ValueError, RecursionError):
+        raise InvalidInput(f"{what} is not valid JSON: {reason}") from None
+    try:
         # The standard library lets through what orjson refuses to write later (lone
         # surrogates, very deep nesting); a round trip keeps the two parsers in agreement.
         orjson.dumps(doc)
-    except (ValueError, TypeError, RecursionError):
-        raise InvalidInput(f"{what} is not valid JSON: {reason}") from None
+    except (orjson.JSONEncodeError, RecursionError) as err:
+        raise InvalidInput(f"{what} is not valid JSON: {err}") from None
     return doc
+
+
+_INT_MIN, _UINT_MAX = -(2**63), 2**64 - 1
+
+
+def _int(text: str) -> int | float:
+    """An integer literal as orjson reads it: beyond 64 bits, a float."""
+    value = int(text)
+    return value if _INT_MIN <= value <= _UINT_MAX else float(text)
 
 
 def dumps(doc: object, nonfinite: bool) -> bytes:

@@ -113,6 +113,28 @@ def test_batch_over_max_batch_size_is_refused(client):
     assert r.status_code == 400 and "max batch size" in r.json()["error"]
 
 
+@pytest.mark.parametrize("length", ["\u00b2", "1\u00b3", "\u00b9", "-5", "abc", ""])
+def test_a_header_length_that_is_no_ascii_count_is_a_400(client, length):
+    from runtime.http import _decodes_inline
+
+    # a server reads header bytes as latin-1: b"\xb2" arrives as "\u00b2", a digit to
+    # str.isdigit, not to int() (the test client sends text as UTF-8, so it is checked here)
+    assert _decodes_inline(b"{}", {"inference-header-content-length": length}) is True
+    if length.isascii():
+        r = client.post("/v2/models/mlp/infer", content=json_body(),
+                        headers={"Inference-Header-Content-Length": length})
+        assert r.status_code == 400 and "inference-header-content-length" in r.json()["error"]
+
+
+def test_a_client_s_long_or_multi_line_name_comes_back_short_and_on_one_line(client):
+    r = client.post(f"/v2/models/{'y' * 20000}/infer", content=json_body())
+    assert r.status_code == 404 and len(r.json()["error"]) < 1100
+    assert r.json()["error"].endswith(" characters)")
+    r = client.post("/v2/models/mlp/infer", content=json_body(name="x\nERROR forged\x00"))
+    assert r.status_code == 400
+    assert "x\\nERROR forged\\x00" in r.json()["error"] and "\n" not in r.json()["error"]
+
+
 def test_unknown_model_and_unknown_route(client):
     r = client.post("/v2/models/nope/infer", content=json_body())
     assert r.status_code == 404 and "nope" in r.json()["error"]
@@ -378,7 +400,8 @@ def test_infer_requests_go_around_the_middleware_stack(served):
             # not infer routes: through the stack (a wrong method too, as FastAPI answers it)
             assert c.get("/v2/models/mlp/infer").status_code == 405
             slash = c.post("/v2/models/mlp/infer/", content=json_body(), follow_redirects=False)
-            assert slash.status_code == 307  # the router's redirect, as before
+            assert slash.status_code == 404  # not a route: no redirect to the client's host
+            assert slash.json() == {"error": "no route POST /v2/models/mlp/infer/"}
             assert c.get("/v2/health/ready").status_code == 200
     finally:
         engine.stop(1.0)

@@ -103,6 +103,9 @@ def test_cancelling_a_queued_request_withdraws_its_job():
 
     run(go())
     engine.stop(1.0)
+    counted = {s.labels["outcome"]: s.value for m in engine.metrics.requests.collect()
+               for s in m.samples if s.name.endswith("_total")}
+    assert counted == {"cancelled": 1.0, "ok": 1.0}
 
 
 def test_a_model_whose_forward_raises_fails_only_its_own_requests():

@@ -436,16 +436,76 @@ def test_a_large_grpc_infer_is_converted_and_checked_off_the_event_loop(kg, monk
         small = infer_request(rt.pb)
         assert (await rt.stub.ModelInfer(small)).model_name == "mlp"
         assert where == {"from_grpc": loop_thread, "checked": loop_thread}
-        rows = km.INLINE_INPUT_ELEMENTS // 4 + 1  # past the inline bound: 1 MiB of floats
-        big = rt.pb.ModelInferRequest(model_name="mlp")
-        tensor = big.inputs.add(name="x", datatype="FP32", shape=[rows, 4])
-        tensor.contents.fp32_contents.extend([0.0] * rows * 4)
+        big = infer_request(rt.pb)  # 1 MiB of message, past the inline bound
+        big.parameters["padding"].CopyFrom(rt.pb.InferParameter(string_param="x" * (1 << 20)))
         assert big.ByteSize() > kg.grpc_api.INLINE_MESSAGE_BYTES
-        # more rows than the model takes: refused, by the checks that ran off the loop
-        await expect(rt.stub.ModelInfer(big), grpc.StatusCode.INVALID_ARGUMENT)
+        monkeypatch.setattr(km, "INLINE_INPUT_ELEMENTS", X.size - 1)  # and of elements
+        assert (await rt.stub.ModelInfer(big)).model_name == "mlp"
         assert loop_thread not in (where["from_grpc"], where["checked"])
 
     run(kg, scenario)
+
+
+def test_typed_contents_that_cannot_fit_the_model_are_refused_before_their_conversion(
+        kg, monkeypatch):
+    converted: list[Any] = []
+    from_grpc = kg.grpc_api.InferRequest.from_grpc
+    monkeypatch.setattr(kg.grpc_api.InferRequest, "from_grpc",
+                        lambda request: converted.append(request) or from_grpc(request))
+
+    async def scenario(rt):
+        pb = rt.pb
+        extra = infer_request(pb)  # shape [2, 4], with a million values
+        extra.inputs[0].contents.fp32_contents.extend([0.0] * 1_000_000)
+        assert await expect(rt.stub.ModelInfer(extra), grpc.StatusCode.INVALID_ARGUMENT) == \
+            "input 'x': its data is not 8 FP32 values for shape [2, 4]"
+        rows = pb.ModelInferRequest(model_name="mlp")  # the values fit a batch it never takes
+        rows.inputs.add(name="x", datatype="FP32", shape=[9, 4]).contents.fp32_contents.extend(
+            [0.0] * 36)
+        assert await expect(rt.stub.ModelInfer(rows), grpc.StatusCode.INVALID_ARGUMENT) == \
+            "batch of 9 exceeds model 'mlp''s max batch size of 8"
+        assert converted == []
+        assert (await rt.stub.ModelInfer(infer_request(pb))).model_name == "mlp"
+        assert len(converted) == 1
+
+    run(kg, scenario)
+
+
+def test_bytes_that_are_no_message_are_invalid_argument_in_one_log_line(kg, caplog):
+    import logging
+
+    async def scenario(rt):
+        for method in ("ModelInfer", "ModelReady", "RepositoryModelLoad", "RepositoryIndex"):
+            call = rt.channel.unary_unary(f"/inference.GRPCInferenceService/{method}",
+                                          request_serializer=lambda x: x,
+                                          response_deserializer=lambda x: x)
+            for junk in (b"\xff\xff\xff\xff", b"\x0a\x02\xff\xfe"):
+                details = await expect(call(junk), grpc.StatusCode.INVALID_ARGUMENT)
+                assert details.startswith("the request is not a valid message")
+        assert (await rt.stub.ModelInfer(infer_request(rt.pb))).model_name == "mlp"
+
+    with caplog.at_level(logging.INFO):
+        run(kg, scenario)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    lines = [r for r in caplog.records if "not a valid message" in r.getMessage()]
+    assert len(lines) == 8 and all(r.levelno == logging.INFO and not r.exc_info for r in lines)
+
+
+def test_a_client_s_long_or_multi_line_name_comes_back_short_and_on_one_line(kg, caplog):
+    import logging
+
+    async def scenario(rt):
+        for name in ("y" * 20000, "x\n2026-01-01 00:00:00,000 ERROR runtime: forged\x00"):
+            details = await expect(rt.stub.ModelInfer(infer_request(rt.pb, name=name)),
+                                   grpc.StatusCode.NOT_FOUND)
+            assert len(details) < 1100 and "\n" not in details and "\x00" not in details
+        details = await expect(rt.stub.ModelReady(rt.pb.ModelReadyRequest(
+            name="mlp", version="v" * 20000)), grpc.StatusCode.NOT_FOUND)
+        assert len(details) < 1100 and details.endswith(" characters)")
+
+    with caplog.at_level(logging.INFO):
+        run(kg, scenario)
+    assert not [r for r in caplog.records if "\n" in r.getMessage()]
 
 
 def test_a_full_queue_is_resource_exhausted_with_rest_s_retry_after_as_pushback(kg):
