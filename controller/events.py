@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from controller.api import KubeApi
@@ -32,7 +32,8 @@ def event_key(event: EventSpec) -> EventKey:
 
 def event_name(event: EventSpec) -> str:
     digest = hashlib.sha256("\0".join(event_key(event)).encode()).hexdigest()[:16]
-    return f"{event.ref.name[:200]}.{digest}"
+    # a cut name may end in "-" or ".", which no label of a DNS subdomain may
+    return f"{event.ref.name[:200].rstrip('-.')}.{digest}"
 
 
 def event_body(
@@ -73,15 +74,19 @@ class EventRecorder:
         self.instance = instance
         self._emitted: set[EventKey] = set()
 
-    def record(self, events: Iterable[EventSpec]) -> list[ApiError]:
+    def record(self, events: Iterable[EventSpec],
+               alive: Callable[[], None] | None = None) -> list[ApiError]:
         """Emit the events not emitted yet. Returns the errors (temporary failures are retried
-        at the next call; permanent ones, e.g. 403, are logged and not retried)."""
+        at the next call; permanent ones, e.g. 403, are logged and not retried). ``alive`` is
+        called before each API call (the loop's heartbeat)."""
         wanted = {event_key(e): e for e in events}
         self._emitted &= set(wanted)
         errors: list[ApiError] = []
         for key, event in wanted.items():
             if key in self._emitted:
                 continue
+            if alive is not None:
+                alive()
             try:
                 self._emit(event)
             except PermanentApiError as exc:

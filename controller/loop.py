@@ -38,6 +38,7 @@ from controller.objects import INFERENCE_SERVICES, TRAINED_MODELS, Selection, pa
 from controller.reconcile import (
     CONFIGMAP_KEY,
     MANAGED_LABELS,
+    REASON_APPLIED,
     REASON_INVALID,
     Desired,
     DesiredConfigMap,
@@ -154,8 +155,13 @@ class Controller:
         (the others are still attempted); Event failures are logged and retried next time."""
         desired = reconcile(self.observe(), self.config.selection)
         self.metrics.reconciles.inc()
-        errors = self._apply_configmaps(desired, verify=verify)
-        for exc in self.recorder.record(desired.events):
+        failed = self._apply_configmaps(desired, verify=verify)
+        errors = list(failed.values())
+        # a table that was not written is not applied: its objects' "applied" Events wait
+        # for the write that succeeds
+        events = [e for e in desired.events
+                  if not (e.reason == REASON_APPLIED and e.ref.namespace in failed)]
+        for exc in self.recorder.record(events, alive=self._beat):
             self.metrics.error(exc.temporary)
         self.metrics.set_models(desired.models_per_class())
         self.metrics.invalid.set(
@@ -167,12 +173,16 @@ class Controller:
         self.synced_once = True
         return desired
 
-    def _apply_configmaps(self, desired: Desired, *, verify: bool) -> list[ApiError]:
-        errors: list[ApiError] = []
+    def _beat(self) -> None:
+        # alive while it works through namespaces and Events: against an API server that
+        # times out, one sync over many of them can outlast the liveness window
+        self.heartbeat = self.clock.monotonic()
+
+    def _apply_configmaps(self, desired: Desired, *, verify: bool) -> dict[str, ApiError]:
+        """Write the tables that changed; the failures by namespace."""
+        errors: dict[str, ApiError] = {}
         for cm in desired.configmaps:
-            # alive while it works through the namespaces: against an API server that times
-            # out, one verifying sync over many of them can outlast the liveness window
-            self.heartbeat = self.clock.monotonic()
+            self._beat()
             text = cm.data[CONFIGMAP_KEY]
             if not verify and self._written.get(cm.namespace) == text:
                 continue
@@ -189,7 +199,7 @@ class Controller:
                     continue
                 log.warning("cannot write ConfigMap %s/%s: %s", cm.namespace, cm.name, exc)
                 self.metrics.error(exc.temporary)
-                errors.append(exc)
+                errors[cm.namespace] = exc
             else:
                 self._written[cm.namespace] = text
         return errors

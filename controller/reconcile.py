@@ -16,6 +16,8 @@ always gives an equal ``Desired``. Rules:
 - Unknown ``deft.dev/*`` keys give a Warning Event; the object is still listed.
 - Two objects of one namespace with one name (an InferenceService and a TrainedModel) and
   different settings both get a Warning and neither is listed: the name would be ambiguous.
+  So too where one of them has invalid values: listed, the other's settings would apply to
+  it as well.
 - Every listed object gets a Normal ``PriorityApplied`` Event that states its settings.
 - Every namespace with a Deft-served object, and every namespace in
   ``observed.namespaces``, gets one ConfigMap; deleted objects simply leave the table.
@@ -135,6 +137,7 @@ def reconcile(observed: Observed, selection: Selection | None = None) -> Desired
     }
     events: list[EventSpec] = []
     candidates: dict[tuple[str, str], list[tuple[ObjectRef, ModelSettings]]] = defaultdict(list)
+    invalid: dict[tuple[str, str], list[ObjectRef]] = defaultdict(list)
     namespaces = set(observed.namespaces)
     ignored: list[ObjectRef] = []
     for obj in objects:
@@ -153,12 +156,17 @@ def reconcile(observed: Observed, selection: Selection | None = None) -> Desired
             settings = ann.to_settings(values)
         except InvalidSettings as exc:
             events.append(EventSpec(obj.ref, WARNING, REASON_INVALID, f"{exc}; not applied"))
+            invalid[(obj.ref.namespace, obj.ref.name)].append(obj.ref)
             continue
         candidates[(obj.ref.namespace, obj.ref.name)].append((obj.ref, settings))
     tables: dict[str, dict[str, ModelSettings]] = {ns: {} for ns in namespaces}
     for (namespace, name), entries in candidates.items():
         if len({settings for _, settings in entries}) > 1:
             events.extend(_duplicate_events(name, entries))
+            continue
+        if invalid.get((namespace, name)):
+            # listed, its settings would apply to the invalid object of the same name too
+            events.extend(_shared_with_invalid_events(name, entries, invalid[(namespace, name)]))
             continue
         tables[namespace][name] = entries[0][1]
         for ref, settings in entries:
@@ -200,6 +208,17 @@ def _unknown_key_events(obj: KServeObject) -> list[EventSpec]:
     known = ", ".join(ann.KNOWN)
     message = f"unknown annotation {', '.join(unknown)} ignored (known: {known})"
     return [EventSpec(obj.ref, WARNING, REASON_UNKNOWN, message)]
+
+
+def _shared_with_invalid_events(
+    name: str, entries: list[tuple[ObjectRef, ModelSettings]], invalid: list[ObjectRef]
+) -> list[EventSpec]:
+    others = ", ".join(f"{o.kind} {o.name}" for o in invalid)
+    message = (
+        f"model name {name!r} is also used by {others}, whose annotations are invalid; "
+        "neither is applied"
+    )
+    return [EventSpec(ref, WARNING, REASON_DUPLICATE, message) for ref, _ in entries]
 
 
 def _duplicate_events(

@@ -430,7 +430,10 @@ class Engine:
             return None
         settings = self.scheduler.settings.get(model)
         limit = settings.max_batch_size if settings and settings.max_batch_size else None
-        return limit or entry.served.max_batch_size
+        own = entry.served.max_batch_size
+        # a configured bound only lowers the model's own: it was exported and profiled
+        # for batches up to that
+        return min(limit, own) if limit is not None and own is not None else limit or own
 
     # -- serving -------------------------------------------------------------------------
 

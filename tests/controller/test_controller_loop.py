@@ -224,9 +224,42 @@ def test_the_heartbeat_moves_while_a_slow_sync_works_through_namespaces(api, clo
         return slow_get(namespace, name)
 
     api.get_configmap = get_configmap
+    slow_event = api.create_event
+
+    def create_event(namespace, body):
+        clock.advance(30.0)
+        return slow_event(namespace, body)
+
+    api.create_event = create_event
     c.sync(verify=True)
-    assert clock.monotonic() - started == 150.0
-    assert c.heartbeat - started == 120.0  # as the last namespace began
+    assert clock.monotonic() - started == 300.0  # 5 tables, then 5 Events
+    assert c.heartbeat - started == 270.0  # as the last Event began
+
+
+def test_objects_of_a_table_that_could_not_be_written_get_no_applied_event(api, clock):
+    from controller.errors import PermanentApiError
+
+    api.apply(isvc("a", LC, namespace="team-a"), isvc("b", LC, namespace="team-b"))
+    c = make(api, clock, namespace=None)
+    step_all(c)
+    real = api.create_configmap
+
+    def create_configmap(namespace, body):
+        if namespace == "team-b":
+            raise PermanentApiError("configmaps is forbidden", 403)
+        return real(namespace, body)
+
+    api.create_configmap = create_configmap
+    with pytest.raises(PermanentApiError):
+        c.sync()
+    applied = {e["involvedObject"]["name"] for e in api.events.values()
+               if e["reason"] == "PriorityApplied"}
+    assert applied == {"a"}
+    api.create_configmap = real
+    c.sync()
+    applied = {e["involvedObject"]["name"] for e in api.events.values()
+               if e["reason"] == "PriorityApplied"}
+    assert applied == {"a", "b"}
 
 
 def test_a_change_wakes_the_sync_while_its_watch_stays_open(api, clock):
@@ -488,3 +521,18 @@ def test_unexpected_failures_are_logged_and_retried(api, clock, caplog):
     c.run_sync(stop, _StopAfter(wake, stop))
     assert stop.waits == [0.5] and models(api) == {"a": {"priority": "batch"}}
     assert sum("unexpectedly" in r.message for r in caplog.records) == 2
+
+
+def test_an_event_name_cut_from_a_long_object_name_is_a_dns_subdomain():
+    import re
+
+    from controller.events import event_name
+    from controller.objects import ObjectRef
+    from controller.reconcile import EventSpec
+
+    for name in ("a" * 199 + "-" + "b" * 40, "a" * 198 + ".-" + "b" * 40, "m" * 253):
+        ref = ObjectRef("TrainedModel", "serving.kserve.io/v1alpha1", "default", name, "u1")
+        got = event_name(EventSpec(ref, "Warning", "InvalidPriorityAnnotation", "x"))
+        assert len(got) <= 253
+        assert all(re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", part)
+                   for part in got.split(".")), got

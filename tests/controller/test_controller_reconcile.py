@@ -230,6 +230,15 @@ def test_same_name_with_different_settings_is_ambiguous():
         ("m", REASON_DUPLICATE), ("m", REASON_DUPLICATE)]
 
 
+def test_same_name_as_an_object_with_invalid_values_is_ambiguous_too():
+    # listed, the TrainedModel's settings would reach the InferenceService's pod as well
+    desired = run(host("h"), tm("x", "h", LC), isvc("x", {"deft.dev/priority": "urgent"}))
+    assert table(desired) == {}
+    got = sorted((n, r) for n, r, _ in warnings(desired))
+    assert got == [("x", REASON_DUPLICATE), ("x", REASON_INVALID)]
+    assert any("whose annotations are invalid" in m for _, _, m in warnings(desired))
+
+
 def test_same_name_with_equal_settings_is_listed_once():
     desired = run(host("h"), tm("m", "h"), isvc("m"))
     assert table(desired) == {"m": {"priority": "batch"}} and warnings(desired) == []

@@ -214,6 +214,29 @@ def test_priority_file_changes_apply_without_restart(tmp_path):
     engine.stop(1.0)
 
 
+def test_a_table_s_max_batch_size_lowers_the_model_s_own_and_never_raises_it():
+    from runtime.errors import InvalidInput
+    from scheduler.priority import ModelSettings, PriorityTable
+
+    model, _ = served_mlp(max_batch_size=8)
+    engine = make_engine([model])
+    engine.start()
+    for bound, limit in ((64, 8), (4, 4)):
+        engine.apply_priorities(PriorityTable({"mlp": ModelSettings(max_batch_size=bound)}))
+        done = threading.Event()
+        engine.inbox.call(lambda s, d=done: d.set())
+        assert done.wait(2.0)
+        assert engine.batch_limit("mlp") == limit
+
+        async def go(limit=limit):
+            with pytest.raises(InvalidInput, match=f"max batch size of {limit}"):
+                await engine.infer("mlp", {"x": np.zeros((limit + 1, 4), np.float32)})
+            return await engine.infer("mlp", {"x": np.zeros((limit, 4), np.float32)})
+
+        assert run(go())["y"].shape == (limit, 3)
+    engine.stop(1.0)
+
+
 def test_outputs_match_the_whole_model_under_dynamic_batching_and_micro_batches():
     model, module = served_mlp(max_batch_size=8)
     engine = make_engine([model], policy="layer")
