@@ -23,6 +23,31 @@ def _archive_root(names: Sequence[str], marker: str) -> str | None:
     return None
 
 
+# torch writes its archives uncompressed: an entry that inflates more than this is not its
+_MAX_INFLATION = 20
+_SMALL_ENTRY = 1 << 20
+
+
+def _check_entries(archive: zipfile.ZipFile, where: str) -> list[str]:
+    """The archive's entry names, refused where two name one entry for torch's reader, which
+    matches names without regard to case and reads the first of equal ones where Python's
+    reads the last (a second entry could hide what the checks below read), or where an entry
+    inflates far beyond its stored size (a zip bomb)."""
+    infos = archive.infolist()
+    seen: dict[str, str] = {}
+    for info in infos:
+        key = info.filename.lower()
+        if key in seen:
+            raise ModelLoadError(f"{where}: refusing an archive with two entries named "
+                                 f"{seen[key]!r} and {info.filename!r}")
+        seen[key] = info.filename
+        if info.file_size > _MAX_INFLATION * info.compress_size + _SMALL_ENTRY:
+            raise ModelLoadError(
+                f"{where}: refusing archive entry {info.filename!r}: it inflates from "
+                f"{info.compress_size} to {info.file_size} bytes")
+    return [info.filename for info in infos]
+
+
 def _check_weights_only(archive: zipfile.ZipFile, member: str, where: str) -> None:
     try:
         data = archive.read(member)
@@ -59,7 +84,7 @@ def check_exported_archive(path: str | Path) -> None:
         pt2.CONSTANTS_DIR: pt2.CONSTANTS_CONFIG_FILENAME_FORMAT.partition("{}")[2],
     }
     with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
+        names = _check_entries(archive, where)
         root = _archive_root(names, pt2.ARCHIVE_FORMAT_PATH)
         if (
             root is None
@@ -100,7 +125,7 @@ def check_torchscript_archive(path: str | Path) -> None:
     if not zipfile.is_zipfile(path):
         raise ModelLoadError(f"{where} is not a TorchScript archive (not a zip file)")
     with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
+        names = _check_entries(archive, where)
     has_code = any("/code/" in n or n.startswith("code/") for n in names)
     has_constants = any(n.endswith("constants.pkl") for n in names)
     if not (has_code and has_constants):

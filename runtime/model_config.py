@@ -15,12 +15,14 @@ import torch
 from runtime import profiler
 from runtime.errors import InvalidInput
 from runtime.tensors import TensorSpec
-from scheduler.priority import InvalidSettings, ModelSettings
+from scheduler.priority import InvalidSettings, ModelSettings, brief
 
 CONFIG_FILE = "config.yaml"
 
 DEFAULT_MAX_QUEUE_SIZE = 128
 DEFAULT_MAX_UNITS = 16
+# a request waits at most this long for others to batch with (a minute: more is a mistake)
+MAX_QUEUE_DELAY_MS = 60_000
 
 V2_TO_TORCH: dict[str, torch.dtype] = {
     "BOOL": torch.bool,
@@ -123,7 +125,8 @@ class ModelConfig:
             raise InvalidInput(f"{where}: expected a mapping, got {type(data).__name__}")
         unknown = sorted(str(k) for k in set(data) - set(_CONFIG_KEYS))
         if unknown:
-            raise InvalidInput(f"{where}: unknown fields {unknown}; known: {list(_CONFIG_KEYS)}")
+            raise InvalidInput(f"{where}: unknown fields {brief(unknown)}; "
+                               f"known: {list(_CONFIG_KEYS)}")
         try:
             settings = ModelSettings.from_dict(
                 {k: data[k] for k in ("priority", "slo_ms", "max_batch_size") if k in data}
@@ -131,8 +134,10 @@ class ModelConfig:
         except InvalidSettings as exc:
             raise InvalidInput(f"{where}: {exc}") from exc
         delay = data.get("max_queue_delay_ms", 0.0)
-        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not delay >= 0:
-            raise InvalidInput(f"{where}: max_queue_delay_ms must be a number >= 0, got {delay!r}")
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)) \
+                or not 0 <= delay <= MAX_QUEUE_DELAY_MS:
+            raise InvalidInput(f"{where}: max_queue_delay_ms must be a number from 0 to "
+                               f"{MAX_QUEUE_DELAY_MS}, got {brief(delay)}")
         queue = _positive_int(
             data.get("max_queue_size", DEFAULT_MAX_QUEUE_SIZE), "max_queue_size", where
         )
@@ -180,7 +185,7 @@ def _plain_number(value: float) -> int | float:
 
 def _positive_int(value: Any, key: str, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidInput(f"{where}: {key} must be a positive integer, got {value!r}")
+        raise InvalidInput(f"{where}: {key} must be a positive integer, got {brief(value)}")
     return value
 
 
@@ -201,9 +206,10 @@ def _tensor_specs(value: Any, key: str, where: str) -> tuple[TensorSpec, ...]:
         name, datatype, shape = item["name"], item["datatype"], item["shape"]
         if not isinstance(name, str) or not name:
             raise InvalidInput(f"{where}: {at}.name must be a non-empty string")
-        if datatype not in V2_TO_TORCH:
+        if not isinstance(datatype, str) or datatype not in V2_TO_TORCH:
             raise InvalidInput(
-                f"{where}: {at}.datatype must be one of {sorted(V2_TO_TORCH)}, got {datatype!r}"
+                f"{where}: {at}.datatype must be one of {sorted(V2_TO_TORCH)}, "
+                f"got {brief(datatype)}"
             )
         if not isinstance(shape, list):
             raise InvalidInput(f"{where}: {at}.shape must be a list of integers")
@@ -213,7 +219,7 @@ def _tensor_specs(value: Any, key: str, where: str) -> tuple[TensorSpec, ...]:
             raise InvalidInput(f"{where}: {at}.shape: {exc}") from exc
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
-        raise InvalidInput(f"{where}: {key} names must be unique, got {names}")
+        raise InvalidInput(f"{where}: {key} names must be unique, got {brief(names)}")
     return tuple(specs)
 
 

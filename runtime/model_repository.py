@@ -93,6 +93,9 @@ class ModelSource:
         return "pt2" if self.model_file.suffix == EXPORTED_SUFFIX else "torchscript"
 
 
+_SINGLE_NOTED: set[str] = set()
+
+
 def discover(model_dir: str | Path, model_name: str | None = None) -> list[ModelSource]:
     """The models under ``model_dir``, sorted by name.
 
@@ -112,6 +115,10 @@ def discover(model_dir: str | Path, model_name: str | None = None) -> list[Model
             return [_source(model_name, nested)]
         return [_source(model_name, root)]
     if _has_model_files(root):
+        if str(root) not in _SINGLE_NOTED:  # once: discovery runs on every repository call
+            _SINGLE_NOTED.add(str(root))
+            log.info("%s holds a model file itself: it is one model, %r, and its sub-folders "
+                     "are not models", root, root.name)
         return [_source(root.name, root)]
     sources = []
     for entry in sorted(root.iterdir()):
@@ -152,6 +159,12 @@ def _source(name: str, folder: Path) -> ModelSource:
     def found(model_file: Path | None, problem: str | None = None) -> ModelSource:
         return ModelSource(name, folder, model_file, config_file, problem)
 
+    if config_file is None and (config.exists() or config.is_symlink()):
+        # a config that cannot be read must not leave the model on defaults (a
+        # latency-critical model serving as batch work)
+        return found(None, f"{CONFIG_FILE} is not a readable file (a dangling link, a "
+                           "folder, a device?)")
+
     for preferred in PREFERRED_FILES:
         if (folder / preferred).is_file():
             return found(folder / preferred)
@@ -178,12 +191,15 @@ def read_config(source: ModelSource) -> ModelConfig:
         return ModelConfig(name=source.name)
     try:
         data = yaml.safe_load(source.config_file.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ModelLoadError(f"model '{source.name}': cannot read {CONFIG_FILE}: {exc}") from exc
     try:
         return ModelConfig.from_dict(source.name, data)
     except InvalidInput as exc:
         raise ModelLoadError(f"model '{source.name}': {CONFIG_FILE}: {exc}") from exc
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:  # odd YAML values
+        raise ModelLoadError(f"model '{source.name}': {CONFIG_FILE}: {type(exc).__name__}: "
+                             f"{str(exc)[:300]}") from exc
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,14 +17,19 @@ log = logging.getLogger(__name__)
 def read_table(path: Path) -> PriorityTable:
     """Parse ``path``; a missing file is an empty table. Raises ``InvalidSettings``."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return PriorityTable({})
+    except (OSError, UnicodeDecodeError) as exc:  # a directory, unreadable, not UTF-8
+        raise InvalidSettings(f"{path}: cannot be read: {exc}") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise InvalidSettings(f"{path}: not valid YAML: {exc}") from None
-    return PriorityTable.from_dict(data)
+    try:
+        return PriorityTable.from_dict(data)
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+        raise InvalidSettings(f"{path}: {type(exc).__name__}: {str(exc)[:300]}") from None
 
 
 class PriorityFileWatcher:
@@ -67,7 +72,7 @@ class PriorityFileWatcher:
         return True
 
     def start(self) -> None:
-        self.check()
+        self.check()  # an invalid file is logged: the server starts on the models' own settings
         threading.Thread(target=self._run, name="deft-priorities", daemon=True).start()
 
     def _run(self) -> None:

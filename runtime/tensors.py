@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from runtime.errors import InvalidInput
+from scheduler.priority import brief
 
 # v2 datatype name -> numpy dtype. BYTES maps to object arrays of ``bytes``.
 V2_TO_NUMPY: dict[str, np.dtype] = {
@@ -39,9 +40,10 @@ class TensorSpec:
 
     def __post_init__(self) -> None:
         if self.datatype not in V2_TO_NUMPY:
-            raise InvalidInput(f"unknown datatype {self.datatype!r} for tensor '{self.name}'")
-        if any((not isinstance(d, int)) or d < -1 or d == 0 for d in self.shape):
-            raise InvalidInput(f"bad shape {list(self.shape)} for tensor '{self.name}'")
+            raise InvalidInput(f"unknown datatype {brief(self.datatype)} for tensor '{self.name}'")
+        if any(isinstance(d, bool) or not isinstance(d, int) or d < -1 or d == 0
+               for d in self.shape):
+            raise InvalidInput(f"bad shape {brief(list(self.shape))} for tensor '{self.name}'")
 
     @property
     def numpy_dtype(self) -> np.dtype:

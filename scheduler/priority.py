@@ -8,6 +8,8 @@ The scale points one way everywhere: ``LATENCY_CRITICAL`` outranks ``BATCH``. Nu
 from __future__ import annotations
 
 import enum
+import math
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +39,7 @@ class Priority(enum.Enum):
             if value == member.value:
                 return member
         allowed = ", ".join(m.value for m in cls)
-        raise InvalidSettings(f"priority must be one of {allowed}, got {value!r}")
+        raise InvalidSettings(f"priority must be one of {allowed}, got {brief(value)}")
 
     def with_request_level(self, level: int) -> Priority:
         """The class a request runs at when it asks for tritonclient priority ``level``.
@@ -50,6 +52,18 @@ class Priority(enum.Enum):
         if level in (0, 1):
             return self
         return Priority.BATCH
+
+
+_BRIEF = reprlib.Repr()
+_BRIEF.maxlevel, _BRIEF.maxlist, _BRIEF.maxdict = 2, 4, 4
+_BRIEF.maxstring = _BRIEF.maxother = _BRIEF.maxlong = 60
+
+
+def brief(value: object) -> str:
+    """``repr(value)`` cut short: what a message quotes of a configured value. A YAML alias
+    nests one small list in another many times over; written out whole, ten lines of YAML
+    make a line of hundreds of megabytes."""
+    return _BRIEF.repr(value)
 
 
 @dataclass(frozen=True)
@@ -65,15 +79,15 @@ class ModelSettings:
     max_batch_size: int | None = None
 
     def __post_init__(self) -> None:
-        if self.slo_ms is not None and not self.slo_ms > 0:
-            raise InvalidSettings(f"slo_ms must be a positive number, got {self.slo_ms!r}")
+        if self.slo_ms is not None and not 0 < self.slo_ms < math.inf:
+            raise InvalidSettings(f"slo_ms must be a positive number, got {brief(self.slo_ms)}")
         if self.priority is Priority.LATENCY_CRITICAL and self.slo_ms is None:
             raise InvalidSettings("slo_ms is required for a latency-critical model")
         if self.max_batch_size is not None and (
             isinstance(self.max_batch_size, bool) or self.max_batch_size < 1
         ):
             raise InvalidSettings(
-                f"max_batch_size must be a positive integer, got {self.max_batch_size!r}"
+                f"max_batch_size must be a positive integer, got {brief(self.max_batch_size)}"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -93,10 +107,11 @@ class ModelSettings:
             raise InvalidSettings(f"unknown keys {sorted(unknown)}")
         slo = data.get("slo_ms")
         mbs = data.get("max_batch_size")
-        if slo is not None and (isinstance(slo, bool) or not isinstance(slo, (int, float))):
-            raise InvalidSettings(f"slo_ms must be a positive number, got {slo!r}")
+        if slo is not None and (isinstance(slo, bool) or not isinstance(slo, (int, float))
+                                or not 0 < slo < 1e12):
+            raise InvalidSettings(f"slo_ms must be a positive number, got {brief(slo)}")
         if mbs is not None and (isinstance(mbs, bool) or not isinstance(mbs, int)):
-            raise InvalidSettings(f"max_batch_size must be a positive integer, got {mbs!r}")
+            raise InvalidSettings(f"max_batch_size must be a positive integer, got {brief(mbs)}")
         return cls(
             priority=Priority.parse(data.get("priority", Priority.BATCH.value)),
             slo_ms=float(slo) if slo is not None else None,
@@ -129,7 +144,13 @@ class PriorityTable:
             return cls(models={})
         if not isinstance(data, Mapping):
             raise InvalidSettings("the priority table must be a mapping with a 'models' key")
-        models = data.get("models") or {}
+        unknown = set(data) - {"models"}
+        if unknown:  # a misspelt 'models' would empty the table without a word
+            raise InvalidSettings(f"unknown keys {brief(sorted(map(str, unknown)))} (the "
+                                  "table has one key, 'models')")
+        models = data.get("models")
+        if models is None:
+            models = {}
         if not isinstance(models, Mapping):
             raise InvalidSettings("'models' must map model names to settings")
         parsed: dict[str, ModelSettings] = {}
@@ -137,5 +158,5 @@ class PriorityTable:
             try:
                 parsed[str(name)] = ModelSettings.from_dict(entry)
             except InvalidSettings as exc:
-                raise InvalidSettings(f"model {name!r}: {exc}") from exc
+                raise InvalidSettings(f"model {brief(name)}: {exc}") from exc
         return cls(models=parsed)

@@ -476,3 +476,87 @@ def test_programs_load_from_several_threads_at_once(tmp_path, tiny_pt2):
     for t in threads:
         t.join()
     assert errors == []
+
+
+def _with_an_evil_twin(source: Path, target: Path, marker: Path, rename=lambda n: n) -> None:
+    """``source`` with a pickle that runs a command written first under the name (as
+    ``rename`` gives it) of its sample inputs: torch's reader takes the first of two entries
+    of one name (and matches names without regard to case), Python's the last."""
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w") as new:
+        infos = old.infolist()
+        twin = next(i.filename for i in infos if "/data/sample_inputs/" in i.filename)
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # zipfile warns of the duplicate name
+            new.writestr(rename(twin), _evil_torch_save(marker))
+            for info in infos:
+                new.writestr(info, old.read(info))
+
+
+@pytest.mark.parametrize("rename", [lambda n: n, str.upper], ids=["same", "other-case"])
+def test_an_archive_with_two_entries_of_one_name_is_refused_without_running(
+        tmp_path, tiny_pt2, rename):
+    marker = tmp_path / "pwned"
+    folder = tmp_path / "repo" / "evil"
+    folder.mkdir(parents=True)
+    _with_an_evil_twin(tiny_pt2, folder / "model.pt2", marker, rename)
+    loaded, failed = repo.load_all(tmp_path / "repo", profile=False)
+    assert loaded == [] and "two entries named" in str(failed["evil"])
+    assert not marker.exists()
+
+
+def test_an_archive_entry_that_inflates_like_a_bomb_is_refused_before_it_is_read(
+        tmp_path, tiny_pt2, monkeypatch):
+    folder = tmp_path / "repo" / "bomb"
+    folder.mkdir(parents=True)
+    with zipfile.ZipFile(tiny_pt2) as old, \
+            zipfile.ZipFile(folder / "model.pt2", "w", zipfile.ZIP_DEFLATED) as new:
+        for info in old.infolist():
+            data = old.read(info)
+            if info.filename.endswith("/archive_format"):
+                data += b" " * (8 << 20)  # 8 MiB of spaces in a few kilobytes
+            new.writestr(info.filename, data)
+    reads = []
+    real = zipfile.ZipFile.read
+    monkeypatch.setattr(zipfile.ZipFile, "read",
+                        lambda self, name, pwd=None: reads.append(name) or real(self, name, pwd))
+    loaded, failed = repo.load_all(tmp_path / "repo", profile=False)
+    assert loaded == [] and "inflates from" in str(failed["bomb"])
+    assert reads == []
+
+
+def test_a_config_that_cannot_be_read_fails_its_model_instead_of_leaving_defaults(
+        tmp_path, tiny_pt2):
+    for name, make in (("folder", lambda p: p.mkdir()),
+                       ("dangling", lambda p: p.symlink_to(tmp_path / "nowhere.yaml")),
+                       ("latin1", lambda p: p.write_bytes(b"priority: b\xe4tch\n"))):
+        folder = tmp_path / "repo" / name
+        folder.mkdir(parents=True)
+        shutil.copy(tiny_pt2, folder / "model.pt2")
+        make(folder / "config.yaml")
+    loaded, failed = repo.load_all(tmp_path / "repo", profile=False)
+    assert loaded == [] and sorted(failed) == ["dangling", "folder", "latin1"]
+    assert "config.yaml" in str(failed["folder"]) and "config.yaml" in str(failed["latin1"])
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    # YAML aliases: eight lines that would print as hundreds of megabytes
+    ("max_units:\n- &a [x, x, x, x, x, x, x, x, x]\n- &b [*a, *a, *a, *a, *a, *a, *a, *a]\n"
+     "- &c [*b, *b, *b, *b, *b, *b, *b, *b]\n- &d [*c, *c, *c, *c, *c, *c, *c, *c]\n"
+     "- &e [*d, *d, *d, *d, *d, *d, *d, *d]\n- [*e, *e, *e, *e, *e, *e, *e, *e]\n",
+     "max_units must be"),
+    ("inputs: [{name: x, datatype: [FP32], shape: [-1, 4]}]\n", "datatype must be one of"),
+    ("inputs: [{name: x, datatype: FP32, shape: [-1, true]}]\n", "bad shape"),
+    ("max_queue_delay_ms: .inf\n", "max_queue_delay_ms must be a number from 0 to"),
+    ("priority: latency-critical\nslo_ms: .inf\n", "slo_ms must be a positive number"),
+    ("slo_ms: 1" + "0" * 400 + "\n", "slo_ms must be a positive number"),
+    ("inputs: [{name: x, datatype: FP32, shape: [-1, 4], 1: 2}]\n", "config.yaml"),
+])
+def test_odd_configs_fail_their_model_with_a_short_reason(tmp_path, tiny_pt2, text, fragment):
+    folder = tmp_path / "repo" / "odd"
+    folder.mkdir(parents=True)
+    shutil.copy(tiny_pt2, folder / "model.pt2")
+    (folder / "config.yaml").write_text(text)
+    loaded, failed = repo.load_all(tmp_path / "repo", profile=False)
+    assert loaded == [] and fragment in str(failed["odd"]) and len(str(failed["odd"])) < 500

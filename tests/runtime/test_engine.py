@@ -617,3 +617,39 @@ def test_an_unloaded_model_stays_known_only_where_the_repository_has_it():
     with pytest.raises(ModelNotFound):
         engine.model_ready("placed")
     assert [m["name"] for m in engine.index()] == ["mlp"]
+
+
+@pytest.mark.parametrize("content", [
+    b"models:\n  mlp: {priority: batch}\n\xff\xfe",  # not UTF-8
+    b"models:\n  mlp: {priority: latency-critical, slo_ms: 1" + b"0" * 400 + b"}\n",
+    b"models:\n  mlp: {priority: latency-critical, slo_ms: .inf}\n",
+    b"modles:\n  mlp: {priority: batch}\n",  # a misspelt key would empty the table
+    b"models: []\n",
+    b"models:\n  mlp:\n    priority:\n    - &a [x, x, x, x, x, x, x, x]\n"
+    b"    - &b [*a, *a, *a, *a, *a, *a, *a, *a]\n    - &c [*b, *b, *b, *b, *b, *b, *b, *b]\n"
+    b"    - &d [*c, *c, *c, *c, *c, *c, *c, *c]\n    - [*d, *d, *d, *d, *d, *d, *d, *d]\n",
+    None,  # a folder where the file should be
+])
+def test_a_bad_priority_file_is_reported_and_the_table_in_force_stays(tmp_path, caplog, content):
+    import logging
+
+    from scheduler.priority import ModelSettings, PriorityTable
+
+    path = tmp_path / "priorities.yaml"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    applied: list[PriorityTable] = []
+    watcher = PriorityFileWatcher(path, applied.append, period_s=3600)
+    with caplog.at_level(logging.ERROR):
+        watcher.start()  # at start-up too: the server starts on the models' own settings
+        watcher.stop()
+    assert applied == [] and watcher.errors == 1
+    [line] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert line.startswith("priority table not applied") and len(line) < 600
+    assert not any(r.exc_info for r in caplog.records)
+    if content is not None:
+        path.write_text("models:\n  mlp: {priority: latency-critical, slo_ms: 20}\n")
+        assert watcher.check()
+        assert applied[-1].get("mlp") == ModelSettings(Priority.LATENCY_CRITICAL, 20.0)
