@@ -48,6 +48,7 @@ from runtime import profiler
 from runtime.archives import check_exported_archive, check_torchscript_archive
 from runtime.errors import InvalidInput, ModelLoadError, ModelNotFound
 from runtime.model_config import CONFIG_FILE, TORCH_TO_V2, ModelConfig
+from runtime.priorities import SAFE_LOADER
 from runtime.segments import SegmentedModel, signature
 from runtime.tensors import TensorSpec
 from scheduler.priority import ModelSettings
@@ -190,7 +191,7 @@ def read_config(source: ModelSource) -> ModelConfig:
     if source.config_file is None:
         return ModelConfig(name=source.name)
     try:
-        data = yaml.safe_load(source.config_file.read_text(encoding="utf-8"))
+        data = yaml.load(source.config_file.read_text(encoding="utf-8"), Loader=SAFE_LOADER)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ModelLoadError(f"model '{source.name}': cannot read {CONFIG_FILE}: {exc}") from exc
     try:
