@@ -95,7 +95,9 @@ def test_unknown_conditions_are_refused(capsys):
 
 def test_suspended_batch_processes_are_stopped_exactly_while_each_job_computes(probe):
     import dataclasses
+    import os
     import subprocess
+    import time
 
     batch = subprocess.Popen(["sleep", "60"])
     seen: list[str] = []
@@ -123,6 +125,9 @@ def test_suspended_batch_processes_are_stopped_exactly_while_each_job_computes(p
     try:
         took = probe.lc_compute([0.001, 0.002, 0.003], suspend=[batch.pid])
         assert len(took) == 3 and seen == ["T", "T", "T"]  # stopped while computing
+        resumed = time.monotonic() + 10.0  # SIGCONT, too, is delivered a moment later
+        while state() == "T" and time.monotonic() < resumed:
+            os.sched_yield()
         assert state() in ("S", "R")  # and running again after
     finally:
         probe.lc = real

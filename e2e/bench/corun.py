@@ -17,7 +17,8 @@ lane's one intra-op thread, in turns under four conditions:
   allocator);
 - ``suspended``: beside those processes, suspended (``SIGSTOP``) the moment each
   latency-critical job starts and resumed (``SIGCONT``) when it ends: batch work stops at
-  once, mid-op, instead of at a unit boundary; the two signals are counted in the time.
+  once, mid-op, instead of at a unit boundary; the signals, and the wait until the
+  processes have stopped, are counted in the time.
 
 Conditions alternate within each round (the machine's speed drifts over minutes). The
 report is the median over rounds of each percentile, and each condition's p99 over
@@ -145,7 +146,7 @@ class Probe:
     def lc_compute(self, offsets: Sequence[float], suspend: Sequence[int] = ()) -> list[float]:
         """The latency-critical model's compute time (s) for one request at each offset,
         on the calling (lane) thread; the shards' gate (``lane_idle``) is closed while
-        each runs, and the processes ``suspend`` are stopped."""
+        each runs, and the processes ``suspend`` (children of this one) are stopped."""
         import torch
 
         from runtime.threads import limit_intra_op_threads
@@ -162,6 +163,8 @@ class Probe:
                 t = time.perf_counter()
                 for pid in suspend:
                     os.kill(pid, signal.SIGSTOP)
+                for pid in suspend:  # a signal is delivered later: compute once it has been
+                    os.waitpid(pid, os.WUNTRACED)
                 state = seg.start(self.lc_inputs)
                 seg.run(state, 0, seg.num_units)
                 seg.finish(state)
