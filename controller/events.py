@@ -75,15 +75,17 @@ class EventRecorder:
         self._emitted: set[EventKey] = set()
 
     def record(self, events: Iterable[EventSpec],
-               alive: Callable[[], None] | None = None) -> list[ApiError]:
+               alive: Callable[[], None] | None = None,
+               defer: Callable[[EventSpec], bool] | None = None) -> list[ApiError]:
         """Emit the events not emitted yet. Returns the errors (temporary failures are retried
         at the next call; permanent ones, e.g. 403, are logged and not retried). ``alive`` is
-        called before each API call (the loop's heartbeat)."""
+        called before each API call (the loop's heartbeat). An event ``defer`` holds back is
+        not emitted now, but one emitted before still counts as emitted."""
         wanted = {event_key(e): e for e in events}
         self._emitted &= set(wanted)
         errors: list[ApiError] = []
         for key, event in wanted.items():
-            if key in self._emitted:
+            if key in self._emitted or (defer is not None and defer(event)):
                 continue
             if alive is not None:
                 alive()

@@ -159,9 +159,9 @@ class Controller:
         errors = list(failed.values())
         # a table that was not written is not applied: its objects' "applied" Events wait
         # for the write that succeeds
-        events = [e for e in desired.events
-                  if not (e.reason == REASON_APPLIED and e.ref.namespace in failed)]
-        for exc in self.recorder.record(events, alive=self._beat):
+        for exc in self.recorder.record(
+                desired.events, alive=self._beat,
+                defer=lambda e: e.reason == REASON_APPLIED and e.ref.namespace in failed):
             self.metrics.error(exc.temporary)
         self.metrics.set_models(desired.models_per_class())
         self.metrics.invalid.set(

@@ -23,16 +23,18 @@ def _archive_root(names: Sequence[str], marker: str) -> str | None:
     return None
 
 
-# torch writes its archives uncompressed: an entry that inflates more than this is not its
+# torch.export writes its archives uncompressed: an entry that inflates more than this is not
+# its
 _MAX_INFLATION = 20
 _SMALL_ENTRY = 1 << 20
 
 
-def _check_entries(archive: zipfile.ZipFile, where: str) -> list[str]:
+def _check_entries(archive: zipfile.ZipFile, where: str, inflation: bool = True) -> list[str]:
     """The archive's entry names, refused where two name one entry for torch's reader, which
     matches names without regard to case and reads the first of equal ones where Python's
-    reads the last (a second entry could hide what the checks below read), or where an entry
-    inflates far beyond its stored size (a zip bomb)."""
+    reads the last (a second entry could hide what the checks below read), or, with
+    ``inflation`` (archives torch.export writes, all stored, whose entries the checks read),
+    where an entry inflates far beyond its stored size (a zip bomb)."""
     infos = archive.infolist()
     seen: dict[str, str] = {}
     for info in infos:
@@ -41,7 +43,7 @@ def _check_entries(archive: zipfile.ZipFile, where: str) -> list[str]:
             raise ModelLoadError(f"{where}: refusing an archive with two entries named "
                                  f"{seen[key]!r} and {info.filename!r}")
         seen[key] = info.filename
-        if info.file_size > _MAX_INFLATION * info.compress_size + _SMALL_ENTRY:
+        if inflation and info.file_size > _MAX_INFLATION * info.compress_size + _SMALL_ENTRY:
             raise ModelLoadError(
                 f"{where}: refusing archive entry {info.filename!r}: it inflates from "
                 f"{info.compress_size} to {info.file_size} bytes")
@@ -125,7 +127,8 @@ def check_torchscript_archive(path: str | Path) -> None:
     if not zipfile.is_zipfile(path):
         raise ModelLoadError(f"{where} is not a TorchScript archive (not a zip file)")
     with zipfile.ZipFile(path) as archive:
-        names = _check_entries(archive, where)
+        # torch.jit.save deflates code and debug entries, some many times over; none is read
+        names = _check_entries(archive, where, inflation=False)
     has_code = any("/code/" in n or n.startswith("code/") for n in names)
     has_constants = any(n.endswith("constants.pkl") for n in names)
     if not (has_code and has_constants):

@@ -430,10 +430,13 @@ class Engine:
             return None
         settings = self.scheduler.settings.get(model)
         limit = settings.max_batch_size if settings and settings.max_batch_size else None
-        own = entry.served.max_batch_size
-        # a configured bound only lowers the model's own: it was exported and profiled
-        # for batches up to that
-        return min(limit, own) if limit is not None and own is not None else limit or own
+        # a bound from the table or the command line lowers the one the model's own config
+        # names (it was exported and profiled for batches up to that), never raises it; a
+        # model whose config names none takes it as it is
+        named = entry.served.settings.max_batch_size
+        if limit is not None and named is not None:
+            return min(limit, named)
+        return limit or entry.served.max_batch_size
 
     # -- serving -------------------------------------------------------------------------
 

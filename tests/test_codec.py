@@ -511,17 +511,18 @@ def test_json_is_bounded_by_what_the_model_s_largest_batch_can_need() -> None:
     assert json_bound(specs, None) is None and json_bound(None, 8) is None
     assert json_bound([TensorSpec("x", "FP32", (-1, -1))], 8) is None  # any length
     assert json_bound([TensorSpec("s", "BYTES", (-1, 1))], 8) is None  # a value of any size
-    # the largest batch, pretty-printed and nested, with values at their longest, decodes
-    wide = [TensorSpec("x", "FP32", (-1, 2, 2048))]
-    rows = np.full((8, 2, 2048), -1.2345678e-30, dtype=np.float32)
-    doc = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [8, 2, 2048],
+    # the largest batch, pretty-printed and nested five deep, with values at their longest,
+    # fits the allowance per value without the slack
+    wide = [TensorSpec("x", "FP32", (-1, 3, 8, 16, 16))]
+    rows = np.full((4, 3, 8, 16, 16), -1.2345678e-30, dtype=np.float32)
+    doc = {"inputs": [{"name": "x", "datatype": "FP32", "shape": list(rows.shape),
                        "data": rows.astype(float).tolist()}]}
     text = json.dumps(doc, indent=8).encode()
-    assert len(text) > JSON_SLACK_BYTES
-    assert decode_request(text, {}, wide, LIMITS, max_batch_size=8).inputs["x"].shape == \
+    assert len(text) / rows.size > 64 and len(text) < rows.size * JSON_BYTES_PER_VALUE
+    assert decode_request(text, {}, wide, LIMITS, max_batch_size=4).inputs["x"].shape == \
         rows.shape
     # junk that no request for the model needs is refused before it is parsed
-    junk = b'{"parameters":{"x":[' + b"{}," * (JSON_SLACK_BYTES // 3 + 1000) + b'{}]},"inputs":[]}'
+    junk = b'{"parameters":{"x":[' + b"{}," * (json_bound(specs, 8) // 3) + b'{}]},"inputs":[]}'
     with pytest.raises(PayloadTooLarge, match="binary tensor extension"):
         decode_request(junk, {}, specs, LIMITS, max_batch_size=8)
     with pytest.raises(InvalidInput, match="missing"):  # without the bound it is parsed

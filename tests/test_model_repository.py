@@ -560,3 +560,26 @@ def test_odd_configs_fail_their_model_with_a_short_reason(tmp_path, tiny_pt2, te
     (folder / "config.yaml").write_text(text)
     loaded, failed = repo.load_all(tmp_path / "repo", profile=False)
     assert loaded == [] and fragment in str(failed["odd"]) and len(str(failed["odd"])) < 500
+
+
+class _Table(nn.Module):
+    """A TorchScript module whose code (a constant list) deflates many times over."""
+
+    __constants__ = ["table"]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = tuple(i % 7 for i in range(300_000))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + len(self.table)
+
+
+def test_a_torchscript_archive_whose_code_deflates_many_times_over_is_accepted(tmp_path):
+    from runtime.archives import check_torchscript_archive
+
+    path = tmp_path / "model.pt"
+    torch.jit.save(torch.jit.script(_Table()), path)
+    with zipfile.ZipFile(path) as archive:
+        assert max(i.file_size / max(1, i.compress_size) for i in archive.infolist()) > 100
+    check_torchscript_archive(path)

@@ -22,7 +22,7 @@ def loads(raw: bytes | bytearray | memoryview, what: str) -> object:
     except UnicodeDecodeError as err:
         raise InvalidInput(f"{what} is not valid UTF-8: {err}") from None
     try:
-        doc = json.loads(text, parse_int=_int)
+        doc = json.loads(text)
     except (ValueError, RecursionError):
         raise InvalidInput(f"{what} is not valid JSON: {reason}") from None
     try:
@@ -30,7 +30,15 @@ def loads(raw: bytes | bytearray | memoryview, what: str) -> object:
         # surrogates, very deep nesting); a round trip keeps the two parsers in agreement.
         orjson.dumps(doc)
     except (orjson.JSONEncodeError, RecursionError) as err:
-        raise InvalidInput(f"{what} is not valid JSON: {err}") from None
+        if "64-bit" not in str(err):
+            raise InvalidInput(f"{what} is not valid JSON: {err}") from None
+        # an integer past 64 bits, which orjson reads as a float: read it so here too
+        # (a callback per integer, only for documents that have one)
+        doc = json.loads(text, parse_int=_int)
+        try:
+            orjson.dumps(doc)
+        except (orjson.JSONEncodeError, RecursionError) as err2:
+            raise InvalidInput(f"{what} is not valid JSON: {err2}") from None
     return doc
 
 

@@ -260,6 +260,21 @@ def test_objects_of_a_table_that_could_not_be_written_get_no_applied_event(api, 
     applied = {e["involvedObject"]["name"] for e in api.events.values()
                if e["reason"] == "PriorityApplied"}
     assert applied == {"a", "b"}
+    # a later failed write holds back no Event already sent, and sends none again after
+    real_get = api.get_configmap
+
+    def get_configmap(namespace, name):
+        if namespace == "team-a":
+            raise PermanentApiError("configmaps is forbidden", 403)
+        return real_get(namespace, name)
+
+    api.get_configmap = get_configmap
+    with pytest.raises(PermanentApiError):
+        c.sync(verify=True)
+    api.get_configmap = real_get
+    before = [call for call in api.calls if call[0] in ("create_event", "patch_event")]
+    c.sync(verify=True)
+    assert [call for call in api.calls if call[0] in ("create_event", "patch_event")] == before
 
 
 def test_a_change_wakes_the_sync_while_its_watch_stays_open(api, clock):

@@ -214,24 +214,26 @@ def test_priority_file_changes_apply_without_restart(tmp_path):
     engine.stop(1.0)
 
 
-def test_a_table_s_max_batch_size_lowers_the_model_s_own_and_never_raises_it():
+def test_a_table_s_max_batch_size_lowers_the_bound_a_model_s_config_names_never_raises_it():
     from runtime.errors import InvalidInput
     from scheduler.priority import ModelSettings, PriorityTable
 
-    model, _ = served_mlp(max_batch_size=8)
-    engine = make_engine([model])
+    named, _ = served_mlp("named", max_batch_size=8)  # its config names 8
+    named.settings = ModelSettings(max_batch_size=8)
+    unnamed, _ = served_mlp("unnamed", max_batch_size=1)  # its config names none: 1
+    engine = make_engine([named, unnamed])
     engine.start()
-    for bound, limit in ((64, 8), (4, 4)):
-        engine.apply_priorities(PriorityTable({"mlp": ModelSettings(max_batch_size=bound)}))
+    for model, bound, limit in (("named", 64, 8), ("named", 4, 4), ("unnamed", 6, 6)):
+        engine.apply_priorities(PriorityTable({model: ModelSettings(max_batch_size=bound)}))
         done = threading.Event()
         engine.inbox.call(lambda s, d=done: d.set())
         assert done.wait(2.0)
-        assert engine.batch_limit("mlp") == limit
+        assert engine.batch_limit(model) == limit
 
-        async def go(limit=limit):
+        async def go(model=model, limit=limit):
             with pytest.raises(InvalidInput, match=f"max batch size of {limit}"):
-                await engine.infer("mlp", {"x": np.zeros((limit + 1, 4), np.float32)})
-            return await engine.infer("mlp", {"x": np.zeros((limit, 4), np.float32)})
+                await engine.infer(model, {"x": np.zeros((limit + 1, 4), np.float32)})
+            return await engine.infer(model, {"x": np.zeros((limit, 4), np.float32)})
 
         assert run(go())["y"].shape == (limit, 3)
     engine.stop(1.0)
