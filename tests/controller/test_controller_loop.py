@@ -236,42 +236,44 @@ def test_the_heartbeat_moves_while_a_slow_sync_works_through_namespaces(api, clo
     assert c.heartbeat - started == 270.0  # as the last Event began
 
 
+def _forbid(api, method: str, namespace: str):
+    """Make ``api.<method>`` answer 403 for ``namespace``; returns the real method."""
+    from controller.errors import PermanentApiError
+
+    real = getattr(api, method)
+
+    def call(ns, *args):
+        if ns == namespace:
+            raise PermanentApiError(f"{method} is forbidden", 403)
+        return real(ns, *args)
+
+    setattr(api, method, call)
+    return real
+
+
+def _applied(api) -> set[str]:
+    return {e["involvedObject"]["name"] for e in api.events.values()
+            if e["reason"] == "PriorityApplied"}
+
+
 def test_objects_of_a_table_that_could_not_be_written_get_no_applied_event(api, clock):
     from controller.errors import PermanentApiError
 
     api.apply(isvc("a", LC, namespace="team-a"), isvc("b", LC, namespace="team-b"))
     c = make(api, clock, namespace=None)
     step_all(c)
-    real = api.create_configmap
-
-    def create_configmap(namespace, body):
-        if namespace == "team-b":
-            raise PermanentApiError("configmaps is forbidden", 403)
-        return real(namespace, body)
-
-    api.create_configmap = create_configmap
+    real = _forbid(api, "create_configmap", "team-b")
     with pytest.raises(PermanentApiError):
         c.sync()
-    applied = {e["involvedObject"]["name"] for e in api.events.values()
-               if e["reason"] == "PriorityApplied"}
-    assert applied == {"a"}
+    assert _applied(api) == {"a"}
     api.create_configmap = real
     c.sync()
-    applied = {e["involvedObject"]["name"] for e in api.events.values()
-               if e["reason"] == "PriorityApplied"}
-    assert applied == {"a", "b"}
+    assert _applied(api) == {"a", "b"}
     # a later failed write holds back no Event already sent, and sends none again after
-    real_get = api.get_configmap
-
-    def get_configmap(namespace, name):
-        if namespace == "team-a":
-            raise PermanentApiError("configmaps is forbidden", 403)
-        return real_get(namespace, name)
-
-    api.get_configmap = get_configmap
+    real = _forbid(api, "get_configmap", "team-a")
     with pytest.raises(PermanentApiError):
         c.sync(verify=True)
-    api.get_configmap = real_get
+    api.get_configmap = real
     before = [call for call in api.calls if call[0] in ("create_event", "patch_event")]
     c.sync(verify=True)
     assert [call for call in api.calls if call[0] in ("create_event", "patch_event")] == before
