@@ -284,6 +284,9 @@ def _resolve_names(
     own = [n for n, _ in program_side]
     by_name = {s.name: s for s in configured}
     ordered = tuple(by_name[n] for n in own) if set(by_name) == set(own) else configured
+    if ordered is configured and [s.name for s in configured] != own:
+        renamed = ", ".join(f"{o} -> {c.name}" for o, c in zip(own, configured, strict=True))
+        log.info("model '%s': %s named in %s's order: %s", model, kind, CONFIG_FILE, renamed)
     for spec, (_, value) in zip(ordered, program_side, strict=True):
         if not isinstance(value, torch.Tensor):
             continue
