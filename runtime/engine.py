@@ -179,7 +179,7 @@ class Engine:
         self._idle = threading.Condition()
         lane = options.lane_enabled()
         self.scheduler = Scheduler(
-            options.policy, options.costs, batching=self._batch_limit,
+            options.policy, options.costs, batching=self.batch_limit,
             batch_delay=self._batch_delay,
             # beside the lane at idle OS priority, latency-critical jobs never wait for a
             # batch unit to end: splitting batches would only cost throughput
@@ -213,7 +213,7 @@ class Engine:
         if self.gate is not None:
             self.lc_scheduler = Scheduler(
                 options.policy, options.costs, streams=self.scheduler.streams,
-                batching=self._batch_limit,
+                batching=self.batch_limit,
                 # beside running batch work, measured times are not solo times (nor are
                 # they the profile's speed: the lane's scheduler is not calibrated)
                 solo_from_profile=True,
@@ -422,9 +422,6 @@ class Engine:
 
     def batch_limit(self, model: str) -> int | None:
         """The largest batch ``model`` takes now (None: unbounded, or not loaded)."""
-        return self._batch_limit(model)
-
-    def _batch_limit(self, model: str) -> int | None:
         entry = self._models.get(model)
         if entry is None or entry.served is None:
             return None
@@ -437,6 +434,14 @@ class Engine:
         if limit is not None and named is not None:
             return min(limit, named)
         return limit or entry.served.max_batch_size
+
+    def check_batch(self, model: str, batch: int) -> None:
+        """Refuse (``InvalidInput``) a batch larger than ``model`` takes now."""
+        limit = self.batch_limit(model)
+        if limit is not None and batch > limit:
+            raise InvalidInput(
+                f"batch of {batch} exceeds model '{model}''s max batch size of {limit}"
+            )
 
     # -- serving -------------------------------------------------------------------------
 
@@ -520,11 +525,7 @@ class Engine:
         settings = self.scheduler.settings.get(name) or self.settings_for(name, served)
         klass = settings.priority.with_request_level(priority)
         batch = _batch_size(inputs, served)
-        limit = self._batch_limit(name)
-        if limit is not None and batch > limit:
-            raise InvalidInput(
-                f"batch of {batch} exceeds model '{name}''s max batch size of {limit}"
-            )
+        self.check_batch(name, batch)
         with entry.lock:
             if entry.outstanding >= served.max_queue_size:
                 self.metrics.requests.labels(name, klass.value, "refused").inc()

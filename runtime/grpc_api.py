@@ -16,6 +16,7 @@ Imports kserve at module level: import this module only from the entry point (ks
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
@@ -220,7 +221,8 @@ class DeftServicer(InferenceServicer):  # type: ignore[misc]
             served = self._engine.model(request.model_name)
         self.validate_grpc_request(request)
         # before the typed contents cost their conversion
-        check_message_inputs(request, served.inputs, self._engine.batch_limit(served.name))
+        check_message_inputs(request, served.inputs,
+                             functools.partial(self._engine.check_batch, served.name))
         if request.ByteSize() > INLINE_MESSAGE_BYTES:
             infer_request = await asyncio.get_running_loop().run_in_executor(
                 None, InferRequest.from_grpc, request)

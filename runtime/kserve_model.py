@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
@@ -132,6 +132,22 @@ def _check_version(payload: InferRequest, version: str, name: str) -> None:
         raise _model_not_found(errors.ModelNotFound(name, wanted))
 
 
+def _declared_shape(tensor: Any, by_name: dict[str, TensorSpec]) -> list[int]:
+    """A request tensor's shape, of non-negative sizes, for an input the model has, of its
+    datatype, in a shape it accepts (``InvalidInput`` where not)."""
+    shape = list(tensor.shape)
+    if not all(is_count(d) for d in shape):
+        raise KServeInvalidInput(
+            f"input '{tensor.name}': shape must be a list of non-negative integers, got {shape}")
+    check_input(tensor.name, tensor.datatype, shape, by_name)
+    return shape
+
+
+def _not_filled(name: str, shape: list[int], datatype: str) -> KServeInvalidInput:
+    return KServeInvalidInput(
+        f"input '{name}': its data is not {math.prod(shape)} {datatype} values for shape {shape}")
+
+
 def _checked_inputs(payload: InferRequest, specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
     """The request's tensors as numpy arrays, checked as the REST decoder checks them: each
     input once, known, of the model's datatype, with a shape of non-negative sizes that the
@@ -143,11 +159,7 @@ def _checked_inputs(payload: InferRequest, specs: Sequence[TensorSpec]) -> dict[
             label = f"input '{tensor.name}'"
             if tensor.name in inputs:
                 raise KServeInvalidInput(f"{label}: given more than once")
-            shape = list(tensor.shape)
-            if not all(is_count(d) for d in shape):
-                raise KServeInvalidInput(
-                    f"{label}: shape must be a list of non-negative integers, got {shape}")
-            check_input(tensor.name, tensor.datatype, shape, by_name)
+            shape = _declared_shape(tensor, by_name)
             reject_unsupported(label, tensor.parameters)
             datatype = by_name[tensor.name].datatype
             try:
@@ -155,9 +167,7 @@ def _checked_inputs(payload: InferRequest, specs: Sequence[TensorSpec]) -> dict[
             except Exception:  # noqa: BLE001 - numpy's words for it name no tensor
                 arr = None
             if arr is None or list(arr.shape) != shape:
-                raise KServeInvalidInput(
-                    f"{label}: its data is not {math.prod(shape)} {datatype} values for "
-                    f"shape {shape}")
+                raise _not_filled(tensor.name, shape, datatype)
             inputs[tensor.name] = arr
         check_inputs_given(inputs, by_name)
     return inputs
@@ -169,32 +179,22 @@ _TYPED_CONTENTS = ("bool_contents", "int_contents", "int64_contents", "uint_cont
 
 
 def check_message_inputs(request: Any, specs: Sequence[TensorSpec],
-                         max_batch_size: int | None = None) -> None:
+                         check_batch: Callable[[int], None] | None = None) -> None:
     """A gRPC ``ModelInferRequest``'s inputs, checked before its typed contents are converted:
     each input's datatype and shape as the model accepts them, and its typed contents, where
-    it has any, exactly as many values as that shape holds, and a batch no larger than
-    ``max_batch_size``. The conversion makes a Python value of each element while it holds
+    it has any, exactly as many values as that shape holds, and a batch ``check_batch``
+    accepts. The conversion makes a Python value of each element while it holds
     the interpreter (60 MB of them took over a second); what passes here is at most the
     model's largest batch."""
     by_name = {s.name: s for s in specs}
     with as_kserve_errors():
         for tensor in request.inputs:
-            label = f"input '{tensor.name}'"
-            shape = list(tensor.shape)
-            if not all(is_count(d) for d in shape):
-                raise KServeInvalidInput(
-                    f"{label}: shape must be a list of non-negative integers, got {shape}")
-            check_input(tensor.name, tensor.datatype, shape, by_name)
-            batched = by_name[tensor.name].shape[:1] == (-1,)
-            if batched and max_batch_size is not None and shape and shape[0] > max_batch_size:
-                raise KServeInvalidInput(
-                    f"batch of {shape[0]} exceeds model '{request.model_name}''s max batch "
-                    f"size of {max_batch_size}")
+            shape = _declared_shape(tensor, by_name)
+            if check_batch is not None and shape and by_name[tensor.name].shape[:1] == (-1,):
+                check_batch(shape[0])
             given = sum(len(getattr(tensor.contents, f)) for f in _TYPED_CONTENTS)
             if given and given != math.prod(shape):
-                raise KServeInvalidInput(
-                    f"{label}: its data is not {math.prod(shape)} "
-                    f"{by_name[tensor.name].datatype} values for shape {shape}")
+                raise _not_filled(tensor.name, shape, by_name[tensor.name].datatype)
 
 
 def _requested_outputs(payload: InferRequest, specs: Sequence[TensorSpec]) -> list[TensorSpec]:

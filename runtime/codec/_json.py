@@ -29,16 +29,14 @@ def loads(raw: bytes | bytearray | memoryview, what: str) -> object:
         # The standard library lets through what orjson refuses to write later (lone
         # surrogates, very deep nesting); a round trip keeps the two parsers in agreement.
         orjson.dumps(doc)
-    except (orjson.JSONEncodeError, RecursionError) as err:
-        if "64-bit" not in str(err):
-            raise InvalidInput(f"{what} is not valid JSON: {err}") from None
-        # an integer past 64 bits, which orjson reads as a float: read it so here too
-        # (a callback per integer, only for documents that have one)
+    except (orjson.JSONEncodeError, RecursionError):
+        # an integer past 64 bits, which orjson reads as a float, is read so here too (a
+        # callback per integer, only where the round trip failed)
         doc = json.loads(text, parse_int=_int)
         try:
             orjson.dumps(doc)
-        except (orjson.JSONEncodeError, RecursionError) as err2:
-            raise InvalidInput(f"{what} is not valid JSON: {err2}") from None
+        except (orjson.JSONEncodeError, RecursionError) as err:
+            raise InvalidInput(f"{what} is not valid JSON: {err}") from None
     return doc
 
 
