@@ -175,3 +175,50 @@ def test_sigterm_stops_grpc_at_once_while_http_drains(tmp_path):
         t.join(60)
     assert server.proc.wait(60) == 0, server.log()
     assert results == [(8, 1000)] * 3, results
+
+
+def test_a_model_loaded_again_after_its_files_changed_serves_the_new_version(tmp_path):
+    """Clients keep sending while the files change and tritonclient loads the model again:
+    each is answered by one version or the other, none fails, and then the new one serves."""
+    from tests.runtime.helpers import write_model
+
+    write_model(tmp_path / "models" / "scale", 1.0, 2)
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    with RuntimeProcess("--model_dir", str(tmp_path / "models"),
+                        env={"DEFT_CACHE_DIR": str(tmp_path / "cache")},
+                        log_path=tmp_path / "log") as server:
+        client = httpclient.InferenceServerClient(server.url)
+
+        def ask() -> np.ndarray:
+            inp = httpclient.InferInput("x", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x)
+            return client.infer("scale", [inp]).as_numpy("y")
+
+        np.testing.assert_allclose(ask(), x, atol=1e-4)
+        answers: list[object] = []
+        done = threading.Event()
+
+        def keep_asking() -> None:
+            own = httpclient.InferenceServerClient(server.url)
+            while not done.is_set():
+                inp = httpclient.InferInput("x", list(x.shape), "FP32")
+                inp.set_data_from_numpy(x)
+                try:
+                    answers.append(own.infer("scale", [inp]).as_numpy("y"))
+                except InferenceServerException as exc:
+                    answers.append(exc)
+
+        asker = threading.Thread(target=keep_asking)
+        asker.start()
+        try:
+            write_model(tmp_path / "models" / "scale", 3.0, 4)
+            client.load_model("scale")
+            np.testing.assert_allclose(ask(), 3 * x, atol=1e-4)
+        finally:
+            done.set()
+            asker.join(30)
+        errors = [a for a in answers if isinstance(a, Exception)]
+        assert not errors, errors
+        scales = {round(float(a[1, 1] / x[1, 1]), 3) for a in answers}  # type: ignore[index]
+        assert scales <= {1.0, 3.0} and len(answers) > 3, (scales, len(answers))
+        assert "files changed" in server.log()

@@ -75,6 +75,10 @@ class ServedModel:
     # the priority table's key when it is not ``name`` (a ModelMesh id maps to the
     # InferenceService's name: runtime.modelmesh.ids)
     priority_name: str | None = None
+    # the repository files it was loaded from (runtime.model_repository.stamp; None: not
+    # from the repository) and how many times its name was loaded anew before it
+    stamp: tuple[object, ...] | None = None
+    generation: int = 0
 
     @property
     def num_units(self) -> int:
@@ -97,6 +101,7 @@ class ServedModel:
             max_queue_delay_s=cfg.max_queue_delay_ms / 1000.0,
             platform=f"pytorch_{loaded.source.format}",
             priority_name=priority_name,
+            stamp=getattr(loaded, "stamp", None),
         )
 
 
@@ -158,9 +163,13 @@ class Engine:
         options: EngineOptions,
         metrics: Metrics,
         clock: Clock | None = None,
+        stamp: Callable[[str], object] | None = None,
     ) -> None:
         self._loader = loader
         self._available = available
+        # a repository model's files as they are now (runtime.model_repository.stamp): a
+        # load of a ready model whose files moved reloads it
+        self._stamp = stamp
         self.options = options
         self.metrics = metrics
         self.clock = clock or MonotonicClock()
@@ -306,14 +315,53 @@ class Engine:
     # -- repository ----------------------------------------------------------------------
 
     def load_sync(self, name: str) -> ServedModel:
-        """Load ``name`` (blocking: torch work). Failure is recorded and raised."""
+        """Load ``name`` (blocking: torch work). Failure is recorded and raised.
+
+        A ready model loads again only where its files changed since (a reload): the new
+        version loads while the old one serves, then takes the requests that arrive after;
+        the ones admitted before finish on the old. A reload that fails leaves the old
+        version serving, and says so."""
         served = self._ready_served(name)
-        if served is not None:
+        if served is not None and not self._changed(served):
             return served
-        self._models[name] = _Entry(ModelState.LOADING)
+        if served is None:
+            self._models[name] = _Entry(ModelState.LOADING)
         with self._loading:
             # the call this one waited for may have loaded it
-            return self._ready_served(name) or self._load_locked(name)
+            current = self._ready_served(name)
+            if current is None:
+                return self._load_locked(name)
+            if not self._changed(current):
+                return current
+            return self._reload_locked(name, current)
+
+    def _changed(self, served: ServedModel) -> bool:
+        if self._stamp is None or served.stamp is None:
+            return False
+        try:
+            now = self._stamp(served.name)
+        except Exception as exc:  # gone from the repository, or unreadable
+            log.debug("model %s: files unreadable: %s", served.name, exc)
+            now = None
+        return now != served.stamp
+
+    def _reload_locked(self, name: str, old: ServedModel) -> ServedModel:
+        entry = self._models[name]
+        log.info("model %s: its files changed; loading them beside the version serving", name)
+        try:
+            served = self._loader(name)
+        except Exception as exc:
+            reason = str(exc) if isinstance(exc, (ModelLoadError, ModelNotFound)) \
+                else f"{type(exc).__name__}: {exc}"
+            entry.reason = f"the last load failed ({reason}); the version loaded before serves"
+            log.error("model %s failed to reload, the version loaded before serves: %s",
+                      name, reason)
+            raise ModelLoadError(
+                f"model '{name}' failed to reload: {reason}; the version loaded before "
+                "keeps serving") from exc
+        served.generation = old.generation + 1
+        self._register(served)
+        return served
 
     def _ready_served(self, name: str) -> ServedModel | None:
         entry = self._models.get(name)
@@ -339,7 +387,12 @@ class Engine:
         profile = served.profile
         for inbox in self._inboxes():
             inbox.call(lambda s: s.set_model(served.name, settings, profile))
-        self._models[served.name] = _Entry(ModelState.READY, served)
+        entry = self._models.get(served.name)
+        if entry is not None and entry.state is ModelState.READY:
+            # a reload: the requests admitted before still count against the queue bound
+            entry.served, entry.reason = served, ""
+        else:
+            self._models[served.name] = _Entry(ModelState.READY, served)
         for hook in self.on_ready:
             hook(served.name)
         log.info(
@@ -540,7 +593,7 @@ class Engine:
         now = self.clock.now()
         slo_s = settings.slo_ms / 1000.0 if settings.slo_ms else None
         future: asyncio.Future[dict[str, np.ndarray]] = loop.create_future()
-        pending = Pending(name, klass.value, inputs, future, loop, now, slo_s)
+        pending = Pending(name, klass.value, inputs, future, loop, now, slo_s, served=served)
         pending.on_done = lambda: self._finished(entry, pending)
         job = Job(
             model=name,
@@ -551,7 +604,9 @@ class Engine:
             deadline=now + slo_s if slo_s is not None and klass is settings.priority else None,
             timeout_at=now + timeout_us / 1e6 if timeout_us else None,
             payload=pending,
-            batch_key=tuple((k, v.shape[1:], v.dtype.str) for k, v in inputs.items()),
+            # requests for two versions of a model (a reload) never share a job
+            batch_key=(served.generation,
+                       tuple((k, v.shape[1:], v.dtype.str) for k, v in inputs.items())),
         )
         if klass is Priority.LATENCY_CRITICAL and job.deadline is None:
             job.deadline = now + 3600.0

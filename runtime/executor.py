@@ -46,6 +46,9 @@ class Pending:
     slo_s: float | None = None
     on_done: Callable[[], None] | None = field(default=None, repr=False)
     completed_at: float | None = None  # when its job ended on the executor (clock time)
+    # the model version it was admitted for (runtime.engine.ServedModel): its job runs on
+    # that one even when a reload brought a newer one meanwhile
+    served: Any = field(default=None, repr=False)
 
     def resolve(self, result: dict[str, np.ndarray] | BaseException | None) -> None:
         """Answer from any thread; ``None`` withdraws the request (nobody waits for it).
@@ -58,6 +61,7 @@ class Pending:
             return
         self.future = None
         self.inputs = {}
+        self.served = None
 
         def _set() -> None:
             if self.on_done is not None:
@@ -233,6 +237,7 @@ class _Piece:
 class _JobState:
     micro_states: list[list[_Piece]]
     micro_outputs: list[dict[str, torch.Tensor] | None]
+    seg: Any = None  # the units it runs on (runtime.segments.SegmentedModel)
 
 
 def out_of_memory(exc: BaseException) -> bool:
@@ -292,7 +297,10 @@ class TorchDevice:
             # unloaded while the request waited: not a failure of the model, and a retry
             # may find it loaded again (503 / UNAVAILABLE)
             raise ModelNotReady(f"model '{job.model}' was unloaded")
-        seg = served.segmented
+        st0: _JobState | None = job.device_state
+        # a job runs on the version its requests were admitted for, from its first unit to
+        # its last, whatever a reload brought meanwhile (its units and plan are that one's)
+        seg = st0.seg if st0 is not None else (_admitted_for(job) or served).segmented
         n = job.num_units
         stream = None
         if self._cuda:
@@ -418,7 +426,7 @@ class TorchDevice:
                     micro.append(piece)
                     offset += rows
                 pieces.append(micro)
-        return _JobState(pieces, [None] * len(pieces))
+        return _JobState(pieces, [None] * len(pieces), seg)
 
     @staticmethod
     def outputs(job: Job) -> dict[str, np.ndarray]:
@@ -431,6 +439,16 @@ class TorchDevice:
             t = torch.cat(ts) if len(ts) > 1 else ts[0]
             out[name] = t.detach().to("cpu").numpy()
         return out
+
+
+def _admitted_for(job: Job) -> Any:
+    """The model version ``job``'s requests were admitted for (None: not known, or every
+    request already answered); its members share one (their ``batch_key`` says which)."""
+    for member in job.members or [job]:
+        served = getattr(member.payload, "served", None)
+        if served is not None:
+            return served
+    return None
 
 
 def _batch(job: Job) -> dict[str, np.ndarray]:

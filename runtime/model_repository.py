@@ -56,6 +56,7 @@ from scheduler.priority import ModelSettings
 __all__ = [
     "CONFIG_FILE", "ModelConfig", "ModelSource", "LoadedModel", "check_exported_archive",
     "check_torchscript_archive", "discover", "find", "load", "load_all", "load_program",
+    "stamp",
     "read_config", "resolve_config",
 ]
 
@@ -130,6 +131,24 @@ def discover(model_dir: str | Path, model_name: str | None = None) -> list[Model
         else:
             log.debug("skipping %s: no model file and no %s", entry, CONFIG_FILE)
     return sources
+
+
+def stamp(source: ModelSource) -> tuple[object, ...]:
+    """What identifies ``source``'s files as they are now: the model file and the config
+    (path, inode, size, modification time; links followed, so a ConfigMap's or a storage
+    initializer's swapped link counts) and why it cannot load, if it cannot. A model whose
+    stamp moved since it was loaded has new files: loading it again reloads it."""
+
+    def of(path: Path | None) -> tuple[object, ...] | None:
+        if path is None:
+            return None
+        try:
+            st = path.stat()
+        except OSError:
+            return (str(path),)
+        return (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+
+    return (of(source.model_file), of(source.config_file), source.problem)
 
 
 def find(model_dir: str | Path, name: str) -> ModelSource:
@@ -396,6 +415,7 @@ class LoadedModel:
     load_seconds: float  # reading and checking the file
     prepare_seconds: float  # splitting and profiling (near zero from the cache)
     profile_from_cache: bool
+    stamp: tuple[object, ...] | None = None  # the files as they were when loading began
 
 
 def load(
@@ -421,6 +441,7 @@ def load(
     reason; nothing is left behind.
     """
     began = time.perf_counter()
+    files = stamp(source)  # before reading: a change while loading shows at the next load
     device = torch.device(device)
     config = read_config(source)
     program = load_program(source, device)
@@ -475,6 +496,7 @@ def load(
         load_seconds=loaded_at - began,
         prepare_seconds=prepared.seconds,
         profile_from_cache=prepared.from_cache,
+        stamp=files,
     )
 
 

@@ -90,7 +90,16 @@ def make_loader(model_dir: Path, model_name: str | None, device: torch.device):
         except ModelLoadError:
             return []
 
-    return load, available
+    def stamp(name: str) -> object:
+        """The model's files as they are now (None: no longer in the repository)."""
+        try:
+            sources = {s.name: s for s in repo.discover(model_dir, model_name)}
+        except ModelLoadError:
+            return None
+        source = sources.get(name)
+        return repo.stamp(source) if source is not None else None
+
+    return load, available, stamp
 
 
 def build_engine(cfg: RuntimeConfig, metrics: Metrics) -> tuple[Engine, Path]:
@@ -104,7 +113,8 @@ def build_engine(cfg: RuntimeConfig, metrics: Metrics) -> tuple[Engine, Path]:
         cfg.launch_overhead_us if cfg.launch_overhead_us is not None else launch,
         cfg.sync_overhead_us if cfg.sync_overhead_us is not None else sync,
     )
-    loader, available = make_loader(model_dir, None if cfg.demo else cfg.model_name, device)
+    loader, available, stamp = make_loader(
+        model_dir, None if cfg.demo else cfg.model_name, device)
     cli = {}
     if cfg.default_settings is not None:
         cli = {name: cfg.default_settings for name in available()}
@@ -118,7 +128,7 @@ def build_engine(cfg: RuntimeConfig, metrics: Metrics) -> tuple[Engine, Path]:
         calibrate=cfg.calibration,
         cli_settings=cli,
     )
-    return Engine(loader, available, options, metrics), model_dir
+    return Engine(loader, available, options, metrics, stamp=stamp), model_dir
 
 
 def use_event_loop(name: str = "auto") -> str:

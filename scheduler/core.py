@@ -15,7 +15,7 @@ from scheduler.job import Decision, Job, Reject, RunChunk, Wait
 from scheduler.policies import Policy, PolicyContext, make_policy
 from scheduler.predictor import Predictor
 from scheduler.priority import ModelSettings
-from scheduler.profile import DeviceCosts, Profile
+from scheduler.profile import DeviceCosts, Profile, profile_for
 from scheduler.queue import JobQueue
 from scheduler.streams import LatencyCriticalStreams
 
@@ -208,7 +208,7 @@ class Scheduler:
     def _slice_end(self, job: Job, now: float) -> int:
         """Where ``job``'s chunk ends at the latest: after ``batch_slice_s`` of predicted
         time while another batch model is active, else at the job's end."""
-        profile = self.profiles.get(job.model)
+        profile = profile_for(self.profiles, job)
         if profile is None or not self._other_batch_active(job.model, now):
             return job.total_units
         d = self.predictor.flat_durations(profile, job.batch_size, job.micro_batches)
@@ -310,7 +310,7 @@ class Scheduler:
 
     def _calibrate(self, decision: RunChunk, measured: float) -> None:
         job = decision.job
-        profile = self.profiled.get(job.model)
+        profile = profile_for(self.profiled, job)
         if profile is None or self.calibration is None:
             return
         d = self.predictor.flat_durations(profile, job.batch_size, job.micro_batches)

@@ -24,7 +24,7 @@ from typing import Protocol
 from scheduler.job import Job
 from scheduler.predictor import Predictor
 from scheduler.priority import InvalidSettings
-from scheduler.profile import Profile
+from scheduler.profile import Profile, profile_for
 from scheduler.queue import JobQueue
 from scheduler.streams import LatencyCriticalStreams
 
@@ -188,7 +188,7 @@ class DeftPolicy(_Preemptive):
         self._job_budget: dict[int, tuple[tuple[object, ...], float]] = {}
 
     def _durations(self, job: Job) -> tuple[float, ...] | None:
-        profile = self.ctx.profiles.get(job.model)
+        profile = profile_for(self.ctx.profiles, job)
         if profile is None:
             return None
         return self.ctx.predictor.flat_durations(profile, job.batch_size, job.micro_batches)
@@ -197,7 +197,7 @@ class DeftPolicy(_Preemptive):
         if job.latency_critical or not self.ctx.split_batches:
             return
         budget = self.ctx.streams.budget(now)
-        profile = self.ctx.profiles.get(job.model)
+        profile = profile_for(self.ctx.profiles, job)
         if profile is None or math.isinf(budget) or budget <= 0:
             return
         predictor = self.ctx.predictor

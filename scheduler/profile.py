@@ -5,8 +5,12 @@ from __future__ import annotations
 import bisect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from scheduler.priority import SchedulerError
+
+if TYPE_CHECKING:
+    from scheduler.job import Job
 
 
 class InvalidProfile(SchedulerError):
@@ -97,3 +101,11 @@ class Profile:
         a, b = self.by_batch[lo], self.by_batch[hi]
         w = (bs - lo) / (hi - lo)
         return tuple(max(0.0, x + (y - x) * w) for x, y in zip(a, b, strict=True))
+
+
+def profile_for(profiles: Mapping[str, Profile], job: Job) -> Profile | None:
+    """``job``'s model's profile in ``profiles``, or None where it does not describe the
+    job's units: a model loaded anew while the job waited (its new version split into
+    another number of units) plans the job without one, as a model with no profile."""
+    profile = profiles.get(job.model)
+    return profile if profile is not None and profile.num_units == job.num_units else None

@@ -62,7 +62,11 @@ def source_for(model_id: str, model_path: str) -> repo.ModelSource:
 
 def load_served(source: repo.ModelSource, device: torch.device) -> ServedModel:
     """Load, split and profile the model; served under its ModelMesh id, prioritised under
-    the InferenceService name the id maps to. Raises ModelLoadError with the reason."""
-    return ServedModel.from_loaded(
+    the InferenceService name the id maps to. Raises ModelLoadError with the reason. ModelMesh
+    places and replaces these itself: they carry no files stamp, so the repository's load
+    never reloads one."""
+    served = ServedModel.from_loaded(
         repo.load(source, device), source.name, priority_name(source.name)
     )
+    served.stamp = None
+    return served

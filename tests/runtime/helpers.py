@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
+import yaml
 from prometheus_client import CollectorRegistry
 
 from runtime import segments
@@ -32,6 +35,42 @@ class Mlp(torch.nn.Module):
 class Exploding(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * 2
+
+
+SCALE_CONFIG = {"max_batch_size": 4,
+                "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+                "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 4]}]}
+
+
+class Scale(torch.nn.Module):
+    """``layers`` steps that each add nothing, then a multiplication by ``k``: versions that
+    answer differently and split into different numbers of units."""
+
+    def __init__(self, k: float, layers: int) -> None:
+        super().__init__()
+        self.k = k
+        self.steps = torch.nn.ModuleList(torch.nn.ReLU() for _ in range(layers))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x + 100.0
+        for step in self.steps:
+            y = step(y) + 0.0
+        return (y - 100.0) * self.k
+
+
+def write_model(folder: Path, k: float, layers: int) -> None:
+    """``folder`` as a repository model: ``Scale(k, layers)`` exported, split into at most
+    ``layers`` units; its file's modification time always moves."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump({**SCALE_CONFIG, "max_units": layers}))
+    batch = torch.export.Dim("batch", min=1, max=4)
+    program = torch.export.export(Scale(k, layers).eval(), (torch.randn(2, 4),),
+                                  dynamic_shapes={"x": {0: batch}})
+    path = folder / "model.pt2"
+    before = path.stat().st_mtime_ns if path.exists() else None
+    torch.export.save(program, path)
+    if before is not None and path.stat().st_mtime_ns == before:  # a coarse file clock
+        os.utime(path, ns=(before + 1_000_000, before + 1_000_000))
 
 
 def served_mlp(name: str = "mlp", priority: Priority = Priority.BATCH,

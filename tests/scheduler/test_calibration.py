@@ -205,3 +205,30 @@ def test_the_loop_hands_the_device_s_paused_time_to_the_scheduler():
     ExecutorLoop(s, _SlowDevice(clock), _Inbox(jobs), _Quiet(), clock).run()
     assert all(j.done for j in jobs)
     assert s.speed_factor("b") == 1.0  # 3 s a job, 2 of them paused: 1 s as profiled
+
+
+def test_a_job_whose_model_was_loaded_anew_with_fewer_units_runs_to_its_end():
+    """A reload swaps the model's profile while a job of the version before runs: the job
+    keeps its own units, planned without a profile that no longer describes them."""
+    s = make_scheduler("deft", {"b": [1e-3] * 10, "lc": [1e-3]}, sync=0.1e-3, calibrate=True)
+    s.submit(make_job("lc", LC, arrival=0.0, units=1, slo=3.5e-3))
+    _, d = s.decide(0.0)
+    s.chunk_done(d, 0.0, 1.1e-3)
+    b = make_job("b", BATCH, arrival=1.1e-3, units=10)
+    s.submit(b)
+    t = 1.1e-3
+    _, d = s.decide(t)
+    s.chunk_done(d, t, t + 2.1e-3)
+    t += 2.1e-3
+    s.set_model("b", ModelSettings(), Profile({1: (5e-3,) * 3}))
+    ends = [d.end]
+    while not b.done:
+        _, d = s.decide(t)
+        s.chunk_done(d, t, t + 1e-3)
+        ends.append(d.end)
+        t += 1e-3
+    assert ends[-1] == 10 and ends == sorted(ends)
+    new = make_job("b", BATCH, arrival=t, units=3)
+    s.submit(new)
+    _, d = s.decide(t)
+    assert d.job is new and d.end <= 3
