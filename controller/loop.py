@@ -186,6 +186,10 @@ class Controller:
             text = cm.data[CONFIGMAP_KEY]
             if not verify and self._written.get(cm.namespace) == text:
                 continue
+            if cm.too_large:
+                # the API server would refuse it at every retry: never sent; its Warning
+                # Event (logged as it is sent) says so
+                continue
             try:
                 self._write_if_different(cm, text)
             except ApiError as exc:

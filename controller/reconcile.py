@@ -21,6 +21,9 @@ always gives an equal ``Desired``. Rules:
 - Every listed object gets a Normal ``PriorityApplied`` Event that states its settings.
 - Every namespace with a Deft-served object, and every namespace in
   ``observed.namespaces``, gets one ConfigMap; deleted objects simply leave the table.
+- A table too large for a ConfigMap (its data over 1 MiB, what the API server takes) is not
+  written: one Warning Event on the ConfigMap says so, its objects get no ``PriorityApplied``
+  Event, and the runtime keeps the table written before.
 
 Emitting each Event once (not once per reconcile) is the API layer's job.
 """
@@ -30,6 +33,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import yaml
@@ -51,6 +55,10 @@ REASON_INVALID = "InvalidPriorityAnnotation"
 REASON_UNKNOWN = "UnknownDeftAnnotation"
 REASON_DUPLICATE = "DuplicateModelName"
 REASON_APPLIED = "PriorityApplied"
+REASON_TOO_LARGE = "PriorityTableTooLarge"
+
+CONFIGMAP_LIMIT_BYTES = 1024 * 1024
+"""The most a ConfigMap's data may hold (keys and values), as the API server checks it."""
 
 
 @dataclass(frozen=True)
@@ -86,7 +94,25 @@ class DesiredConfigMap:
 
     @property
     def data(self) -> dict[str, str]:
-        return {CONFIGMAP_KEY: render_table(self.table)}
+        return {CONFIGMAP_KEY: self.text}
+
+    @cached_property
+    def text(self) -> str:
+        """The table as ``priorities.yaml`` holds it (rendered once)."""
+        return render_table(self.table)
+
+    @property
+    def size_bytes(self) -> int:
+        """The data's size as the API server counts it against ``CONFIGMAP_LIMIT_BYTES``."""
+        return sum(len(k.encode()) + len(v.encode()) for k, v in self.data.items())
+
+    @property
+    def too_large(self) -> bool:
+        """Whether the API server would refuse it (it is not written)."""
+        return self.size_bytes > CONFIGMAP_LIMIT_BYTES
+
+    def ref(self) -> ObjectRef:
+        return ObjectRef("ConfigMap", "v1", self.namespace, self.name)
 
     def manifest(self) -> dict[str, Any]:
         return {
@@ -175,6 +201,15 @@ def reconcile(observed: Observed, selection: Selection | None = None) -> Desired
     configmaps = tuple(
         DesiredConfigMap(ns, PriorityTable(models=tables[ns])) for ns in sorted(tables)
     )
+    for cm in configmaps:
+        if cm.too_large:
+            # not written, so not applied; one Event, not one per object (they are thousands)
+            events = [e for e in events
+                      if not (e.reason == REASON_APPLIED and e.ref.namespace == cm.namespace)]
+            events.append(EventSpec(cm.ref(), WARNING, REASON_TOO_LARGE, (
+                f"{len(cm.table.models)} models need {cm.size_bytes} bytes, over the "
+                f"{CONFIGMAP_LIMIT_BYTES} a ConfigMap holds: not written; the runtime keeps "
+                "the table written before")))
     return Desired(configmaps, tuple(sorted(events, key=EventSpec.sort_key)), tuple(ignored))
 
 

@@ -553,3 +553,32 @@ def test_an_event_name_cut_from_a_long_object_name_is_a_dns_subdomain():
         assert len(got) <= 253
         assert all(re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", part)
                    for part in got.split(".")), got
+
+
+def test_a_table_too_large_for_a_configmap_is_never_sent_and_the_one_before_stays(
+        api, clock, monkeypatch, caplog):
+    import controller.reconcile
+
+    api.apply(isvc("a", LC))
+    c = make(api, clock)
+    step_all(c)
+    c.sync(verify=True)
+    before = api.table_text()
+    monkeypatch.setattr(controller.reconcile, "CONFIGMAP_LIMIT_BYTES", 120)
+    api.apply(isvc("b", LC), isvc("c", LC))
+    step_all(c)
+    calls = len(api.calls)
+    c.sync()  # no error raised: a retry would be refused again
+    c.sync()
+    assert api.table_text() == before
+    assert not [call for call in api.calls[calls:] if "configmap" in call[0]]
+    assert [r.message for r in caplog.records if "not written" in r.message] == [
+        "Warning PriorityTableTooLarge on ConfigMap default/deft-priorities: 3 models need "
+        "176 bytes, over the 120 a ConfigMap holds: not written; the runtime keeps the table "
+        "written before"]
+    reasons = sorted((e["involvedObject"]["kind"], e["reason"]) for e in api.events.values())
+    assert reasons == [("ConfigMap", "PriorityTableTooLarge"),
+                       ("InferenceService", "PriorityApplied")]  # a's, from the first table
+    monkeypatch.setattr(controller.reconcile, "CONFIGMAP_LIMIT_BYTES", 1 << 20)
+    c.sync()  # fits again: written
+    assert set(models(api)) == {"a", "b", "c"}

@@ -298,3 +298,24 @@ def test_any_annotations_give_either_an_entry_or_a_warning(own, from_host):
     for name in ("m", "s"):
         assert (name in listed) != (name in invalid)
     assert PriorityTable.from_dict({"models": listed}).to_dict() == {"models": listed}
+
+
+def _long_names(count: int, namespace: str = "default") -> list[dict]:
+    return [isvc(f"model-{i:05d}-" + "x" * 230, LC, namespace=namespace) for i in range(count)]
+
+
+def test_a_table_too_large_for_a_configmap_is_not_written_and_says_so_once():
+    # ~280 bytes per latency-critical entry: about 3,750 of them pass the API's 1 MiB
+    desired = run(*_long_names(3800), isvc("small", LC, namespace="other"))
+    big, small = desired.configmap("default"), desired.configmap("other")
+    assert big is not None and big.too_large and big.size_bytes > 1024 * 1024
+    assert small is not None and not small.too_large
+    too_large = [e for e in desired.events if e.reason == "PriorityTableTooLarge"]
+    assert [(e.type, e.ref.kind, e.ref.namespace, e.ref.name) for e in too_large] == [
+        ("Warning", "ConfigMap", "default", "deft-priorities")]
+    assert "3800 models need" in too_large[0].message
+    applied = {e.ref.namespace for e in desired.events if e.reason == REASON_APPLIED}
+    assert applied == {"other"}  # nothing in "default" was applied
+    fits = run(*_long_names(3000))
+    assert not fits.configmap("default").too_large
+    assert len([e for e in fits.events if e.reason == REASON_APPLIED]) == 3000
