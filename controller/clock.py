@@ -38,9 +38,9 @@ class SystemClock:
         return time.monotonic()
 
     def now(self) -> dt.datetime:
-        return dt.datetime.now(dt.timezone.utc)
+        return dt.datetime.now(dt.UTC)
 
 
 def rfc3339(moment: dt.datetime) -> str:
     """``2024-05-01T12:00:00Z``: the form Kubernetes uses for Event timestamps."""
-    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

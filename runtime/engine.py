@@ -12,6 +12,7 @@ import enum
 import logging
 import math
 import threading
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -182,6 +183,14 @@ class Engine:
         # called with a model's name when it becomes ready / is unloaded (other front ends)
         self.on_ready: list[Callable[[str], None]] = []
         self.on_unloaded: list[Callable[[str], None]] = []
+        # called, on a thread of its own, once a version a reload replaced is no longer used
+        # by any request (its memory can be reclaimed)
+        self.on_released: list[Callable[[str], None]] = []
+        # each model's settings in force, set where they change (the scheduler's own copy is
+        # set on the executor thread, later): what admission reads
+        self._settings: dict[str, ModelSettings] = {}
+        # a load, a reload and an unload decide a model's entry one at a time
+        self._registry = threading.Lock()
         self._accepting = True
         self._started = False
         self._outstanding = 0
@@ -324,8 +333,9 @@ class Engine:
         served = self._ready_served(name)
         if served is not None and not self._changed(served):
             return served
-        if served is None:
-            self._models[name] = _Entry(ModelState.LOADING)
+        entry = self._models.get(name)
+        if served is None and (entry is None or entry.state is not ModelState.LOADING):
+            self._models[name] = _Entry(ModelState.LOADING)  # as the index shows it meanwhile
         with self._loading:
             # the call this one waited for may have loaded it
             current = self._ready_served(name)
@@ -360,15 +370,26 @@ class Engine:
                 f"model '{name}' failed to reload: {reason}; the version loaded before "
                 "keeps serving") from exc
         served.generation = old.generation + 1
-        self._register(served)
+        if not self._register(served, expect=entry):
+            raise ModelNotReady(f"model '{name}' was unloaded while it reloaded")
+        # the old version goes once its last request is answered: then its memory may be
+        # reclaimed (cycles among its units are only found by a full collection)
+        weakref.finalize(old, self._released, name)
         return served
+
+    def _released(self, name: str) -> None:
+        # called where the old version's last reference went (the executor thread, say):
+        # the hooks run on a thread of their own
+        if self.on_released:
+            threading.Thread(target=lambda: [hook(name) for hook in self.on_released],
+                             name="deft-release", daemon=True).start()
 
     def _ready_served(self, name: str) -> ServedModel | None:
         entry = self._models.get(name)
         return entry.served if entry is not None and entry.state is ModelState.READY else None
 
     def _load_locked(self, name: str) -> ServedModel:
-        self._models[name] = _Entry(ModelState.LOADING)
+        entry = self._models[name] = _Entry(ModelState.LOADING)
         try:
             served = self._loader(name)
         except ModelNotFound:
@@ -379,26 +400,38 @@ class Engine:
             self._models[name] = _Entry(ModelState.FAILED, reason=reason)
             log.error("model %s failed to load: %s", name, reason)
             raise ModelLoadError(f"model '{name}' failed to load: {reason}") from exc
-        self._register(served)
+        if not self._register(served, expect=entry):
+            raise ModelNotReady(f"model '{name}' was unloaded while it loaded")
         return served
 
-    def _register(self, served: ServedModel) -> None:
-        settings = self.settings_for(served.name, served)
+    def _register(self, served: ServedModel, expect: _Entry | None = None) -> bool:
+        """Serve ``served``; with ``expect`` (the entry a load began with) only if that entry
+        is still the model's and was not unloaded meanwhile. False: it was, nothing done."""
+        name = served.name
+        settings = self.settings_for(name, served)
         profile = served.profile
-        for inbox in self._inboxes():
-            inbox.call(lambda s: s.set_model(served.name, settings, profile))
-        entry = self._models.get(served.name)
-        if entry is not None and entry.state is ModelState.READY:
-            # a reload: the requests admitted before still count against the queue bound
-            entry.served, entry.reason = served, ""
-        else:
-            self._models[served.name] = _Entry(ModelState.READY, served)
+        with self._registry:
+            entry = self._models.get(name)
+            if expect is not None and (entry is not expect or entry.state not in (
+                    ModelState.LOADING, ModelState.READY)):
+                log.info("model %s was unloaded while it loaded: the version loaded is "
+                         "dropped", name)
+                return False
+            self._settings[name] = settings
+            for inbox in self._inboxes():
+                inbox.call(lambda s: s.set_model(name, settings, profile))
+            if entry is not None and entry.state is ModelState.READY:
+                # a reload: the requests admitted before still count against the queue bound
+                entry.served, entry.reason = served, ""
+            else:
+                self._models[name] = _Entry(ModelState.READY, served)
         for hook in self.on_ready:
             hook(served.name)
         log.info(
             "model %s ready: %d units, %s%s", served.name, served.num_units,
             settings.priority.value, f", SLO {settings.slo_ms} ms" if settings.slo_ms else "",
         )
+        return True
 
     def add_served(self, served: ServedModel) -> None:
         """Serve an already prepared model (used by tests and the demo)."""
@@ -413,13 +446,15 @@ class Engine:
         entry = self._models.get(name)
         if entry is None:
             raise ModelNotFound(name)
-        entry.state = ModelState.UNAVAILABLE
-        entry.served = None
-        if name not in self._available():
-            # not in the repository (placed by ModelMesh, say): once unloaded, not known here
-            # at all (404 / NOT_FOUND), where a repository model stays known (503 /
-            # UNAVAILABLE) and may be loaded again
-            self._models.pop(name, None)
+        with self._registry:
+            entry.state = ModelState.UNAVAILABLE
+            entry.served = None
+            self._settings.pop(name, None)
+            if name not in self._available():
+                # not in the repository (placed by ModelMesh, say): once unloaded, not known
+                # here at all (404 / NOT_FOUND), where a repository model stays known (503 /
+                # UNAVAILABLE) and may be loaded again
+                self._models.pop(name, None)
         for inbox in self._inboxes():
             inbox.call(lambda s: s.remove_model(name))
         # after the scheduler forgot it, on the thread that sets them
@@ -463,6 +498,7 @@ class Engine:
             if entry.served is not None:
                 served = entry.served
                 settings = self.settings_for(name, served)
+                self._settings[name] = settings
                 for inbox in self._inboxes():
                     inbox.call(
                         lambda s, n=name, st=settings, p=served.profile: s.set_model(n, st, p)
@@ -473,24 +509,30 @@ class Engine:
         served = self._served(model)
         return served.max_queue_delay_s if served is not None else 0.0
 
-    def batch_limit(self, model: str) -> int | None:
-        """The largest batch ``model`` takes now (None: unbounded, or not loaded)."""
-        entry = self._models.get(model)
-        if entry is None or entry.served is None:
+    def batch_limit(self, model: str, served: ServedModel | None = None) -> int | None:
+        """The largest batch ``model`` (its version ``served``; default: the one serving)
+        takes now (None: unbounded, or not loaded)."""
+        served = served or self._served(model)
+        if served is None:
             return None
-        settings = self.scheduler.settings.get(model)
+        settings = self._settings.get(model)
         limit = settings.max_batch_size if settings and settings.max_batch_size else None
         # a bound from the table or the command line lowers the one the model's own config
         # names (it was exported and profiled for batches up to that), never raises it; a
         # model whose config names none takes it as it is
-        named = entry.served.settings.max_batch_size
+        named = served.settings.max_batch_size
         if limit is not None and named is not None:
             return min(limit, named)
-        return limit or entry.served.max_batch_size
+        return limit or served.max_batch_size
 
-    def check_batch(self, model: str, batch: int) -> None:
-        """Refuse (``InvalidInput``) a batch larger than ``model`` takes now."""
-        limit = self.batch_limit(model)
+    def current_settings(self, name: str, served: ServedModel | None = None) -> ModelSettings:
+        """The settings ``name`` is served with now (admission's view)."""
+        return self._settings.get(name) or self.settings_for(name, served)
+
+    def check_batch(self, model: str, batch: int, served: ServedModel | None = None) -> None:
+        """Refuse (``InvalidInput``) a batch larger than ``model`` (its version ``served``)
+        takes now."""
+        limit = self.batch_limit(model, served)
         if limit is not None and batch > limit:
             raise InvalidInput(
                 f"batch of {batch} exceeds model '{model}''s max batch size of {limit}"
@@ -541,7 +583,7 @@ class Engine:
         served = self.model(name)
         entry = self._models[name]
         if entry.outstanding >= served.max_queue_size:
-            settings = self.scheduler.settings.get(name) or self.settings_for(name, served)
+            settings = self.current_settings(name, served)
             self.metrics.requests.labels(name, settings.priority.value, "refused").inc()
             raise QueueFull(
                 f"model '{name}' has {entry.outstanding} requests queued, its limit",
@@ -556,6 +598,7 @@ class Engine:
         priority: int = 0,
         timeout_us: int | None = None,
         received_at: float | None = None,
+        served: ServedModel | None = None,
     ) -> dict[str, np.ndarray]:
         """Run one request through the scheduler; returns its outputs by name.
 
@@ -569,16 +612,21 @@ class Engine:
         ``QueueFull`` (refused at once, never queued), ``RequestTimeout`` (queued past its
         timeout, never run) or ``InferenceFailed``. Cancelling the awaiting task withdraws a
         job that has not started.
+
+        ``served``: the version of the model the caller checked the inputs against (and
+        will encode the outputs with), where a reload may have brought another since; the
+        request runs on that version. Default: the version serving now.
         """
         if not self._accepting:
             raise ShuttingDown("the server is shutting down")
-        served = self.model(name)
+        current = self.model(name)
+        served = served or current
         self.ensure_executor()
         entry = self._models[name]
-        settings = self.scheduler.settings.get(name) or self.settings_for(name, served)
+        settings = self.current_settings(name, current)
         klass = settings.priority.with_request_level(priority)
         batch = _batch_size(inputs, served)
-        self.check_batch(name, batch)
+        self.check_batch(name, batch, served)
         with entry.lock:
             if entry.outstanding >= served.max_queue_size:
                 self.metrics.requests.labels(name, klass.value, "refused").inc()
@@ -607,6 +655,7 @@ class Engine:
             # requests for two versions of a model (a reload) never share a job
             batch_key=(served.generation,
                        tuple((k, v.shape[1:], v.dtype.str) for k, v in inputs.items())),
+            batch_cap=self.batch_limit(name, served),
         )
         if klass is Priority.LATENCY_CRITICAL and job.deadline is None:
             job.deadline = now + 3600.0

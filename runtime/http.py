@@ -358,6 +358,7 @@ def infer_handler(
             outputs = await engine.infer(
                 model_name, decoded.inputs, priority=decoded.priority,
                 timeout_us=decoded.timeout_us, received_at=received,
+                served=served,  # the version its inputs were checked against, reload or not
             )
         except asyncio.CancelledError:
             if not (gone.done() and not gone.cancelled() and gone.exception() is None):

@@ -269,6 +269,7 @@ class DeftModel(Model):  # type: ignore[misc]
                 priority=_param(payload.parameters, "priority"),
                 timeout_us=_param(payload.parameters, "timeout") or None,
                 received_at=GRPC_RECEIVED_AT.get(),
+                served=served,  # the version its inputs were checked against, reload or not
             )
         infer_outputs = []
         for spec in wanted:

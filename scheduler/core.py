@@ -226,7 +226,7 @@ class Scheduler:
         if job.started or job.latency_critical:
             return None
         delay = self._batch_delay(job.model)
-        limit = self._batch_limit(job.model)
+        limit = self._limit_for(job)
         if delay <= 0 or limit is None or now >= job.arrival + delay:
             return None
         queued = sum(
@@ -236,9 +236,17 @@ class Scheduler:
         )
         return job.arrival + delay if queued < limit else None
 
+    def _limit_for(self, job: Job) -> int | None:
+        """The most rows a job merged from ``job`` and others may have: its model's batching
+        bound now, and never more than ``job.batch_cap``."""
+        limit = self._batch_limit(job.model)
+        if job.batch_cap is not None:
+            limit = job.batch_cap if limit is None else min(limit, job.batch_cap)
+        return limit
+
     def _start(self, job: Job, now: float) -> Job:
         self.queue.remove(job)
-        limit = self._batch_limit(job.model)
+        limit = self._limit_for(job)
         if limit is not None and job.batch_size < limit:
             members = [job]
             total = job.batch_size
@@ -266,6 +274,7 @@ class Scheduler:
                     ),
                     members=members,
                     batch_key=job.batch_key,
+                    batch_cap=job.batch_cap,
                 )
                 merged.preemption_delay = max(m.preemption_delay for m in members)
                 for m in members:

@@ -39,7 +39,9 @@ class Job:
     Progress is ``next_unit``, a flat index over ``micro_batches * num_units`` unit runs
     (see ``Plan``). ``payload`` is opaque to the scheduler (the runtime keeps tensors there);
     ``members`` are the jobs merged into this one by dynamic batching (only jobs with equal
-    ``batch_key`` are merged); ``device_state`` is where a device keeps a job's intermediate
+    ``batch_key`` are merged), into a job of at most ``batch_cap`` rows where one is set
+    (the bound of the model version the job was admitted for, which may be lower than the
+    version serving now); ``device_state`` is where a device keeps a job's intermediate
     results between chunks.
     """
 
@@ -52,6 +54,7 @@ class Job:
     timeout_at: float | None = None
     payload: Any = None
     batch_key: object = None
+    batch_cap: int | None = None
     id: int = field(default_factory=next_job_id)
     members: list[Job] = field(default_factory=list)
     # progress, owned by the scheduler

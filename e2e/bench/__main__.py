@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -440,7 +440,9 @@ def main(argv: list[str] | None = None) -> int:
     if bound and not gpu:
         print("error: --device_bound is a plan of --gpu", file=sys.stderr)
         return 2
-    out: Path = args.out or (RESULTS / ("gpu-device" if bound else "gpu") if gpu else RESULTS)
+    # a quick run is a smoke test: it never replaces the full run's evidence in results/
+    out: Path = args.out or (RESULTS / ("gpu-device" if bound else "gpu") if gpu
+                             else RESULTS / "quick" if quick else RESULTS)
     raw, logs, cache = out / "raw", out / "logs", out / "cache"
     for d in (out, raw, logs):
         d.mkdir(parents=True, exist_ok=True)
@@ -594,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
         "gpu": gpu,
         "device_bound": bound,
         "quick": quick,
-        "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "mixes": [{"name": wl.name, "description": wl.description, "duration_s": wl.duration_s,
                    "mixed_s": wl.duration_s * phases.mixed_scale,
                    "streams": [s.describe() for s in wl.streams],

@@ -13,7 +13,7 @@ from controller.api import ListResult, WatchEvent
 from controller.errors import AlreadyExists, NotFound, WatchExpired
 from controller.objects import INFERENCE_SERVICES, TRAINED_MODELS, Resource
 
-EPOCH = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
+EPOCH = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
 
 
 def isvc(

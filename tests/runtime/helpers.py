@@ -58,12 +58,14 @@ class Scale(torch.nn.Module):
         return (y - 100.0) * self.k
 
 
-def write_model(folder: Path, k: float, layers: int) -> None:
-    """``folder`` as a repository model: ``Scale(k, layers)`` exported, split into at most
-    ``layers`` units; its file's modification time always moves."""
+def write_model(folder: Path, k: float, layers: int, max_batch_size: int = 4) -> None:
+    """``folder`` as a repository model: ``Scale(k, layers)`` exported for batches up to
+    ``max_batch_size``, split into at most ``layers`` units; its file's modification time
+    always moves."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.yaml").write_text(yaml.safe_dump({**SCALE_CONFIG, "max_units": layers}))
-    batch = torch.export.Dim("batch", min=1, max=4)
+    (folder / "config.yaml").write_text(yaml.safe_dump(
+        {**SCALE_CONFIG, "max_units": layers, "max_batch_size": max_batch_size}))
+    batch = torch.export.Dim("batch", min=1, max=max_batch_size)
     program = torch.export.export(Scale(k, layers).eval(), (torch.randn(2, 4),),
                                   dynamic_shapes={"x": {0: batch}})
     path = folder / "model.pt2"

@@ -167,3 +167,137 @@ def test_a_model_served_from_elsewhere_is_never_reloaded():
                     EngineOptions(), Metrics(CollectorRegistry()), stamp=lambda name: None)
     engine.add_served(served)
     assert engine.load_sync("scale") is served
+
+
+def _repository_engine(root, options: EngineOptions | None = None) -> Engine:
+    loader, available, stamp = make_loader(root, None, torch.device("cpu"))
+    return Engine(loader, available, options or EngineOptions(), Metrics(CollectorRegistry()),
+                  stamp=stamp)
+
+
+def test_requests_of_the_version_before_are_never_batched_past_its_bound(tmp_path, monkeypatch):
+    """Its program was exported for batches up to 4: two queued requests of 3 rows each
+    stay two jobs, although the version loaded after takes 8."""
+    monkeypatch.setenv("DEFT_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "models"
+    write_model(root / "scale", 1.0, 2, max_batch_size=4)
+    # without the CPU lane's row shards, which would split a job of 6 into two of 3
+    engine = _repository_engine(root, EngineOptions(cpu_lane=False))
+    engine.load_sync("scale")
+    x3 = np.ones((3, 4), dtype=np.float32)
+
+    async def go():
+        before = [asyncio.ensure_future(engine.infer("scale", {"x": x3})) for _ in range(2)]
+        await asyncio.sleep(0)  # queued: the executor has not started
+        write_model(root / "scale", 2.0, 2, max_batch_size=8)
+        engine.load_sync("scale")
+        engine.start()
+        return await asyncio.gather(*before)
+
+    try:
+        answers = asyncio.run(go())
+    finally:
+        engine.stop(1.0)
+    for a in answers:
+        np.testing.assert_allclose(a["y"], x3, atol=1e-4)
+
+
+def test_a_request_checked_against_the_version_before_runs_on_it(served_repo):
+    """A front end checks the inputs against the version serving, then reads the body; a
+    reload in between must not hand them to a version that takes other inputs."""
+    engine, root, _ = served_repo
+    before = engine.model("scale")
+    cfg = root / "scale" / "config.yaml"
+    write_model(root / "scale", 3.0, 2)
+    cfg.write_text(cfg.read_text().replace("name: y", "name: z"))  # the output renamed
+    asyncio.run(engine.load("scale"))
+    assert [s.name for s in engine.model("scale").outputs] == ["z"]
+    out = asyncio.run(engine.infer("scale", {"x": X}, served=before))
+    np.testing.assert_allclose(out["y"], X, atol=1e-4)
+    assert "z" in asyncio.run(engine.infer("scale", {"x": X}))
+
+
+def test_admission_uses_the_new_settings_as_soon_as_the_reload_returns(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEFT_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "models"
+    write_model(root / "scale", 1.0, 2, max_batch_size=2)
+    engine = _repository_engine(root)  # not started: the scheduler's copy stays behind
+    engine.load_sync("scale")
+    with pytest.raises(Exception, match="max batch size of 2"):
+        engine.check_batch("scale", 4)
+    write_model(root / "scale", 1.0, 2, max_batch_size=4)
+    cfg = root / "scale" / "config.yaml"
+    cfg.write_text(cfg.read_text() + "priority: latency-critical\nslo_ms: 50\n")
+    engine.load_sync("scale")
+    engine.check_batch("scale", 4)
+    assert engine.current_settings("scale") == ModelSettings(Priority.LATENCY_CRITICAL, 50.0, 4)
+    engine.stop(1.0)
+
+
+def test_an_unload_while_a_reload_loads_is_not_undone():
+    import threading
+
+    old, new = _version(1.0, 2, "v1"), _version(2.0, 3, "v2")
+    inside, release = threading.Event(), threading.Event()
+    files = {"now": "v1"}
+
+    def loader(name: str) -> ServedModel:
+        if files["now"] == "v1":
+            return old
+        inside.set()
+        assert release.wait(30)
+        return new
+
+    engine = Engine(loader, lambda: ["scale"], EngineOptions(), Metrics(CollectorRegistry()),
+                    stamp=lambda name: (files["now"],))
+    engine.load_sync("scale")
+    files["now"] = "v2"
+    errors: list[Exception] = []
+
+    def reload() -> None:
+        try:
+            engine.load_sync("scale")
+        except Exception as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=reload)
+    worker.start()
+    assert inside.wait(30)
+    asyncio.run(engine.unload("scale"))
+    release.set()
+    worker.join(30)
+    assert [str(e) for e in errors] == ["model 'scale' was unloaded while it reloaded"]
+    assert not engine.model_ready("scale") and engine.index()[0]["state"] == "UNAVAILABLE"
+    engine.load_sync("scale")  # a load after the unload loads it again
+    assert engine.model("scale") is new
+
+
+def test_the_version_a_reload_replaced_is_released_once_its_last_request_is_answered():
+    import threading
+
+    versions = {"v1": _version(1.0, 2, "v1"), "v2": _version(5.0, 3, "v2")}
+    files = {"now": "v1"}
+    engine = Engine(lambda name: versions[files["now"]], lambda: ["scale"],
+                    EngineOptions(policy="deft"), Metrics(CollectorRegistry()),
+                    stamp=lambda name: (files["now"],))
+    released = threading.Event()
+    names: list[str] = []
+    engine.on_released.append(lambda name: (names.append(name), released.set()))
+    engine.load_sync("scale")
+
+    async def go():
+        before = asyncio.ensure_future(engine.infer("scale", {"x": X[:1]}))
+        await asyncio.sleep(0)
+        files["now"] = "v2"
+        del versions["v1"]  # only the engine and the queued request hold it now
+        engine.load_sync("scale")
+        assert not released.is_set()  # a request still needs it
+        engine.start()
+        return await before
+
+    try:
+        out = asyncio.run(go())
+    finally:
+        engine.stop(1.0)
+    np.testing.assert_allclose(out["y"], X[:1], atol=1e-4)
+    assert released.wait(10) and names == ["scale"]
