@@ -280,3 +280,52 @@ def test_a_run_slower_than_the_cached_profile_keeps_the_profile(program, monkeyp
     assert profiler._stale(model, _inputs_for, 2, [1e7] * model.num_units)
     monkeypatch.setattr(profiler, "STALE_MIN_US", 2e8)
     assert not profiler._stale(model, _inputs_for, 2, [1e7] * model.num_units)
+
+
+def test_each_cached_row_is_checked_and_only_the_stale_ones_measured_again(
+        program, model_file, tmp_path, monkeypatch):
+    monkeypatch.setattr(profiler, "STALE_MIN_US", 0.0)
+    cache = profiler.ProfileCache(tmp_path)
+    common = dict(max_units=3, model_file=model_file, device="cpu", input_names=["x"],
+                  output_names=["y"], cache=cache, warmup=0, repeats=1, progress=False,
+                  balance_batch_size=4)
+    first = profiler.prepare("small", program, _inputs_for, batch_sizes=[1, 2, 4], **common)
+    base = {"format": profiler.CACHE_FORMAT, "model": profiler.file_digest(model_file),
+            "device": profiler.device_name("cpu"), "torch": torch.__version__}
+    fields = {**base, "units": first.model.num_units, "cuts": list(first.model.cuts)}
+    slow = [1e7] * first.model.num_units  # batch 1 timed while the cores were busy
+    fast = [0.001] * first.model.num_units  # faster than any run: the machine is busier now
+    cache.put("profile", fields, {"1": slow, "2": fast, "4": first.profile["4"]})
+    again = profiler.prepare("small", program, _inputs_for, batch_sizes=[1, 2, 4], **common)
+    assert sum(again.profile["1"]) < 1e7  # measured again
+    assert again.profile["2"] == fast and again.profile["4"] == first.profile["4"]  # kept
+
+
+def test_a_row_measured_slower_than_a_larger_batch_is_measured_again(program, model_file,
+                                                                     monkeypatch):
+    calls: list[list[int]] = []
+    busy = {"left": 1}
+
+    def fake_profile(model, inputs_for, sizes, **kw):
+        calls.append(list(sizes))
+        rows = {str(s): [100.0 * s] * model.num_units for s in sizes}
+        if 1 in sizes and busy["left"]:
+            busy["left"] -= 1
+            rows["1"] = [9000.0] * model.num_units  # the first timing of batch 1: busy cores
+        return rows
+
+    monkeypatch.setattr(profiler, "profile", fake_profile)
+    prepared = profiler.prepare(
+        "small", program, _inputs_for, batch_sizes=[1, 2, 4], max_units=2,
+        model_file=model_file, device="cpu", input_names=["x"], output_names=["y"],
+        cache=None, warmup=0, repeats=1, progress=False, balance_batch_size=4)
+    assert calls[-2:] == [[1, 2, 4], [1]]
+    assert prepared.profile["1"] == [100.0] * prepared.model.num_units
+    busy["left"] = 10  # busy every time: measured RETRIES more times, the fastest kept
+    calls.clear()
+    prepared = profiler.prepare(
+        "small", program, _inputs_for, batch_sizes=[1, 2, 4], max_units=2,
+        model_file=model_file, device="cpu", input_names=["x"], output_names=["y"],
+        cache=None, warmup=0, repeats=1, progress=False, balance_batch_size=4)
+    assert calls[-3:] == [[1, 2, 4], [1], [1]]
+    assert prepared.profile["1"] == [9000.0] * prepared.model.num_units
