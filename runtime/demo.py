@@ -188,9 +188,9 @@ def write_demo_repository(
         folder.mkdir(parents=True, exist_ok=True)
         log.info("exporting demo model %s to %s", name, folder)
         program = export_model(name, config)
-        _atomic_write(folder / "model.pt2", lambda p, ep=program: torch.export.save(ep, p))
-        _atomic_write(folder / CONFIG_FILE, lambda p, t=text: p.write_text(t, encoding="utf-8"))
-        _atomic_write(folder / _STAMP, lambda p, s=stamp: p.write_text(json.dumps(s)))
+        atomic_write(folder / "model.pt2", lambda p, ep=program: torch.export.save(ep, p))
+        atomic_write(folder / CONFIG_FILE, lambda p, t=text: p.write_text(t, encoding="utf-8"))
+        atomic_write(folder / _STAMP, lambda p, s=stamp: p.write_text(json.dumps(s)))
     return root
 
 
@@ -202,11 +202,16 @@ def _read_stamp(folder: Path) -> dict[str, object] | None:
     return data if isinstance(data, dict) else None
 
 
-def _atomic_write(target: Path, write: Callable[[Path], object]) -> None:
-    # hidden (no repository lists it), and the suffix kept (torch.export.save checks it)
-    tmp = target.with_name(f".{target.stem}.{os.getpid()}.tmp{target.suffix}")
+def atomic_write(target: Path, write: Callable[[Path], object]) -> None:
+    # written under its own name (torch.export.save names the archive's entries after the
+    # file: the same model gives the same bytes, and so the same profile cache key) in a
+    # hidden folder (no repository lists it), then moved into place
+    folder = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    folder.mkdir(exist_ok=True)
+    tmp = folder / target.name
     try:
         write(tmp)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+        folder.rmdir()

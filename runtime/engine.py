@@ -224,7 +224,7 @@ class Engine:
             threads=options.batch_threads,
         )
         # CPU lane: latency-critical jobs run on a thread of their own while batch work
-        # yields at its next unit boundary (DESIGN.md, "Preemption mechanism").
+        # yields at its next unit boundary (the README's "How it works").
         self.lc_scheduler: Scheduler | None = None
         self.lc_inbox: ThreadInbox | None = None
         self.lc_executor: Executor | None = None
@@ -425,6 +425,7 @@ class Engine:
                 entry.served, entry.reason = served, ""
             else:
                 self._models[name] = _Entry(ModelState.READY, served)
+        self.metrics.declare(name, settings.priority.value, settings.slo_ms is not None)
         for hook in self.on_ready:
             hook(served.name)
         log.info(

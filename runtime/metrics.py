@@ -1,4 +1,4 @@
-"""Prometheus metrics of the runtime (DESIGN.md, "Metrics"). Created once by the entry point
+"""Prometheus metrics of the runtime (the README's "Metrics"). Created once by the entry point
 and passed down; tests give each instance a registry of its own."""
 
 from __future__ import annotations
@@ -54,3 +54,12 @@ class Metrics:
         self.executor_restarts = Counter(
             "deft_executor_restarts_total", "Times the executor thread was restarted.",
             registry=r)
+
+    def declare(self, model: str, priority: str, has_slo: bool) -> None:
+        """Zero series for a model that became ready, where it can count: a rate over
+        them reads 0 until something happens, not "no data"."""
+        self.requests.labels(model, priority, "ok")
+        if has_slo:
+            self.slo_violations.labels(model, priority)
+        if priority == "batch":
+            self.preemptions.labels(model, priority)

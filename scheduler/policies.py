@@ -289,7 +289,8 @@ def validate_policy_name(name: str) -> None:
 
 
 def make_policy(name: str, ctx: PolicyContext) -> Policy:
-    """Build a policy from its name (DESIGN.md's names: fifo, priority, layer, fixed:K, deft)."""
+    """Build a policy from its name (fifo, priority, layer, fixed:K, deft: the names the
+    runtime, the simulator and the benchmarks share)."""
     if name == "fifo":
         return FifoPolicy()
     if name == "priority":

@@ -30,7 +30,7 @@ import torch
 import yaml
 from torch import nn
 
-from runtime.demo import write_demo_repository
+from runtime.demo import atomic_write, write_demo_repository
 from runtime.model_repository import CONFIG_FILE, ModelConfig
 
 EMBEDDER_VERSION = 1  # bump when the definition below changes
@@ -172,12 +172,7 @@ def write_exported(folder: Path, name: str, model: nn.Module, config_text: str,
         program = torch.export.export(
             model, (), kwargs=config.example_inputs(2),
             dynamic_shapes={t.name: {0: batch} for t in config.inputs})
-    tmp = folder / f".model.{os.getpid()}.tmp.pt2"  # hidden: no repository lists it
-    try:
-        torch.export.save(program, tmp)
-        os.replace(tmp, folder / "model.pt2")
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(folder / "model.pt2", lambda p: torch.export.save(program, p))
     (folder / CONFIG_FILE).write_text(config_text)
     (folder / _STAMP).write_text(json.dumps(stamp))
 

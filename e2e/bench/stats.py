@@ -1,4 +1,5 @@
-"""Statistics of measured streams, in DESIGN.md's ``--json`` stream fields. Pure.
+"""Statistics of measured streams, in the simulator's ``--json`` stream fields
+(docs/simulator.md). Pure.
 
 Percentiles are nearest-rank, as in the simulator (``scheduler.sim.engine.percentile``), so a
 measured p99 and a simulated one are read the same way.
@@ -63,7 +64,7 @@ class Measured:
     solo_rate_per_s: float | None = None
 
     def summary(self) -> dict[str, Any]:
-        """DESIGN.md's stream fields, and a few more the report uses."""
+        """The simulator's stream fields, and a few more the report uses."""
         completed = len(self.latencies_s)
         tput = self.rate_per_s
         if tput is None and self.window_s > 0:

@@ -1,7 +1,7 @@
 """Bench workload files: one DISB-style mix, read by the real-runtime driver and, once the
 runtime's profiles are filled in, by the simulator.
 
-The file is the simulator's workload format (DESIGN.md, "Simulator workload format") with
+The file is the simulator's workload format (docs/simulator.md) with
 two relaxations, so the same file can describe a mix before anything is measured:
 
 - ``models.<name>`` names a model of the bench model repository; its ``profile`` may be left

@@ -3,7 +3,7 @@
 ModelMesh Serving gives the model of an InferenceService the id ``<isvc-name>__isvc-<hash>``
 (``<hash>``: ten hex digits of the predictor's spec, e.g. ``detector__isvc-6b2eb0b8bf``) and
 inference requests name the model by that id. The priority table is keyed by the
-InferenceService's name (DESIGN.md, "Deployment modes"), so the runtime serves a model under
+InferenceService's name (docs/install.md), so the runtime serves a model under
 its id and looks its priority up under the name this module maps the id to.
 
 The rule: an id that is a DNS-1123 label (what InferenceService names are), then ``__isvc-``,

@@ -1,6 +1,6 @@
 """The simulated device and a run of a workload on it, on a virtual clock.
 
-The device follows DESIGN.md's semantics; a chunk's wall time is therefore exactly what the
+The device follows docs/simulator.md's semantics; a chunk's wall time is therefore exactly what the
 predictor computes for it, and the simulation is deterministic for a given file and seed.
 
 Lane mode (``cpu_lane``) models the runtime's CPU lane (``runtime/engine.py``): on a CPU

@@ -1,4 +1,4 @@
-"""Summaries of simulated runs: DESIGN.md's ``--json`` object and a readable table."""
+"""Summaries of simulated runs: the ``--json`` object of docs/simulator.md and a readable table."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Workload files for the simulator (format: DESIGN.md, "Simulator workload format")."""
+"""Workload files for the simulator (format: docs/simulator.md)."""
 
 from __future__ import annotations
 

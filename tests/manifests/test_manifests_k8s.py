@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
+import yaml
 from deft_manifest_support import (
     KSERVE_KINDS,
     MANIFESTS,
@@ -187,7 +188,7 @@ def test_every_manifest_file_is_in_a_kustomization_or_documented_as_separate():
             assert path.resolve() in listed or path in separate, path
 
 
-INSTALLS = {MANIFESTS, MANIFESTS / "cluster", MANIFESTS / "cluster-hardening"}
+INSTALLS = {MANIFESTS, MANIFESTS / "cluster", MANIFESTS / "cluster-hardening", MANIFESTS / "cpu"}
 
 
 @pytest.mark.parametrize("directory", kustomizations(),
@@ -222,3 +223,18 @@ def test_install_overlays_contain_runtime_and_controller():
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--all-namespaces" in args and not any(a.startswith("--namespace") for a in args)
     assert deployment["metadata"]["namespace"] == "deft-system"
+
+
+def test_the_cpu_install_is_the_namespaced_one_without_gpus():
+    if kubectl() is None:
+        pytest.skip("kubectl (with its built-in kustomize) is not on PATH")
+
+    def without_gpus(doc):
+        for container in doc.get("spec", {}).get("containers", []):
+            for bound in container.get("resources", {}).values():
+                bound.pop("nvidia.com/gpu", None)
+        return doc
+
+    cpu = kustomize_build(MANIFESTS / "cpu")
+    assert "nvidia.com/gpu" not in yaml.safe_dump_all(cpu)
+    assert [without_gpus(d) for d in kustomize_build(MANIFESTS)] == list(cpu)

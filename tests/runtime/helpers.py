@@ -95,7 +95,8 @@ def served_mlp(name: str = "mlp", priority: Priority = Priority.BATCH,
 
 
 def make_engine(models: list[ServedModel], policy: str = "deft", clock=None,
-                names: list[str] | None = None, options: EngineOptions | None = None) -> Engine:
+                names: list[str] | None = None, options: EngineOptions | None = None,
+                metrics: Metrics | None = None) -> Engine:
     by_name = {m.name: m for m in models}
 
     def loader(name: str) -> ServedModel:
@@ -107,7 +108,7 @@ def make_engine(models: list[ServedModel], policy: str = "deft", clock=None,
 
     engine = Engine(loader, lambda: sorted(names or by_name),
                     options or EngineOptions(policy=policy),
-                    Metrics(CollectorRegistry()), clock=clock)
+                    metrics or Metrics(CollectorRegistry()), clock=clock)
     for m in models:
         engine.add_served(m)
     return engine

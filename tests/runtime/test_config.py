@@ -106,3 +106,15 @@ def test_access_log_flag():
     finally:
         for logger, level in zip(loggers, before, strict=True):
             logger.setLevel(level)
+
+
+def test_device_cuda_without_cuda_is_a_usage_error(monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["--demo", "--device", "cuda"])
+    assert exited.value.code == 2
+    assert "--device cuda: no CUDA device here" in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert parse_args(["--demo", "--device", "cuda"])[0].device == "cuda"

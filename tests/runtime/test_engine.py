@@ -655,3 +655,22 @@ def test_a_bad_priority_file_is_reported_and_the_table_in_force_stays(tmp_path, 
         path.write_text("models:\n  mlp: {priority: latency-critical, slo_ms: 20}\n")
         assert watcher.check()
         assert applied[-1].get("mlp") == ModelSettings(Priority.LATENCY_CRITICAL, 20.0)
+
+
+def test_a_ready_model_has_its_counters_at_zero_before_anything_happens():
+    lc, _ = served_mlp("lc", Priority.LATENCY_CRITICAL, slo_ms=50)
+    batch, _ = served_mlp("b")
+    from prometheus_client import CollectorRegistry
+
+    from runtime.metrics import Metrics
+
+    registry = CollectorRegistry()
+    engine = make_engine([lc, batch], metrics=Metrics(registry))
+    sample = registry.get_sample_value
+    assert sample("deft_slo_violations_total",
+                  {"model": "lc", "priority": "latency-critical"}) == 0
+    assert sample("deft_preemptions_total", {"model": "b", "priority": "batch"}) == 0
+    assert sample("deft_requests_total",
+                  {"model": "lc", "priority": "latency-critical", "outcome": "ok"}) == 0
+    assert sample("deft_slo_violations_total", {"model": "b", "priority": "batch"}) is None
+    engine.stop(1.0)
