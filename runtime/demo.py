@@ -18,6 +18,7 @@ restarts fast.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -188,10 +189,18 @@ def write_demo_repository(
         folder.mkdir(parents=True, exist_ok=True)
         log.info("exporting demo model %s to %s", name, folder)
         program = export_model(name, config)
-        atomic_write(folder / "model.pt2", lambda p, ep=program: torch.export.save(ep, p))
-        atomic_write(folder / CONFIG_FILE, lambda p, t=text: p.write_text(t, encoding="utf-8"))
-        atomic_write(folder / _STAMP, lambda p, s=stamp: p.write_text(json.dumps(s)))
+        atomic_write(folder / "model.pt2", functools.partial(_save_program, program))
+        atomic_write(folder / CONFIG_FILE, functools.partial(_save_text, text))
+        atomic_write(folder / _STAMP, functools.partial(_save_text, json.dumps(stamp)))
     return root
+
+
+def _save_program(program: torch.export.ExportedProgram, path: Path) -> None:
+    torch.export.save(program, path)
+
+
+def _save_text(text: str, path: Path) -> None:
+    path.write_text(text, encoding="utf-8")
 
 
 def _read_stamp(folder: Path) -> dict[str, object] | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import math
 import threading
@@ -500,10 +501,10 @@ class Engine:
                 served = entry.served
                 settings = self.settings_for(name, served)
                 self._settings[name] = settings
+                apply = functools.partial(_set_model, name=name, settings=settings,
+                                          profile=served.profile)
                 for inbox in self._inboxes():
-                    inbox.call(
-                        lambda s, n=name, st=settings, p=served.profile: s.set_model(n, st, p)
-                    )
+                    inbox.call(apply)
         log.info("priority table applied: %d entries", len(table.models))
 
     def _batch_delay(self, model: str) -> float:
@@ -568,7 +569,7 @@ class Engine:
     def ready_models(self) -> list[str]:
         return sorted(n for n, e in self._models.items() if e.state is ModelState.READY)
 
-    def metadata(self, name: str) -> dict[str, object]:
+    def metadata(self, name: str) -> dict[str, Any]:
         served = self.model(name)
         return {
             "name": name,
@@ -703,6 +704,12 @@ class Engine:
     @property
     def outstanding(self) -> int:
         return self._outstanding
+
+
+def _set_model(
+    scheduler: Scheduler, *, name: str, settings: ModelSettings, profile: Profile | None
+) -> None:
+    scheduler.set_model(name, settings, profile)
 
 
 def _outcome(exc_name: str) -> str:

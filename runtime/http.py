@@ -332,7 +332,7 @@ def infer_handler(
         headers = {k.lower(): v for k, v in request.headers.items()}
 
         def decode() -> Any:
-            raw = body.join() if isinstance(body, BodyChunks) else body
+            raw = body.join().data if isinstance(body, BodyChunks) else body
             return decode_request(raw, headers, served.inputs, limits, outputs=served.outputs,
                                   max_batch_size=served.max_batch_size)
 

@@ -63,12 +63,12 @@ if HttpToolsProtocol is not None:
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            self.scope[RECEIVED_AT] = time.monotonic()  # type: ignore[typeddict-unknown-key]
+            self.scope[RECEIVED_AT] = time.monotonic()  # type: ignore[literal-required]
 
         def on_body(self, body: bytes) -> None:
             cycle = self.cycle
             if cycle is not None and not isinstance(cycle.body, BodyParts):
-                cycle.body = BodyParts(cycle.body)
+                cycle.body = BodyParts(cycle.body)  # type: ignore[assignment]
             super().on_body(body)
 
 

@@ -348,7 +348,7 @@ def _fx_units(
         if not isinstance(leaf, torch.fx.Node):
             outputs.append(("const", leaf))
         elif leaf.op == "get_attr":
-            outputs.append(("const", _fetch_attr(gm, leaf.target)))
+            outputs.append(("const", _fetch_attr(gm, str(leaf.target))))
         else:
             outputs.append(("key", leaf.name))
     final_keys = {ref for kind, ref in outputs if kind == "key"}

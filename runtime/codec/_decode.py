@@ -82,7 +82,7 @@ def decode_request(
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInput("request 'id' must be a string")
     parameters = _request_parameters(doc.get("parameters"))
-    binary_default = parameters.get("binary_data_output", False)
+    binary_default = bool(parameters.get("binary_data_output", False))  # checked a boolean
     wanted = _requested_outputs(doc.get("outputs"), binary_default, outputs)
 
     raw_inputs = doc.get("inputs")

@@ -184,4 +184,4 @@ def bytes_to_binary(items: list[bytes]) -> bytes:
 def fixed_to_binary(array: np.ndarray, datatype: str) -> memoryview:
     """The array's elements as little-endian bytes; no copy when already contiguous LE."""
     flat = np.ascontiguousarray(array, dtype=wire_dtype(datatype)).reshape(-1)
-    return memoryview(flat.view(np.uint8))
+    return flat.view(np.uint8).data
