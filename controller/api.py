@@ -51,6 +51,11 @@ class KubeApi(Protocol):
         """The ConfigMap, or None when it does not exist."""
         ...
 
+    def list_configmaps(self, name: str, label_selector: str) -> list[Mapping[str, Any]]:
+        """The ConfigMaps called ``name`` with the labels ``label_selector`` asks for, in
+        every namespace."""
+        ...
+
     def create_configmap(self, namespace: str, body: Mapping[str, Any]) -> None: ...
 
     def patch_configmap(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:

@@ -125,6 +125,17 @@ class KubernetesApi:
             return None
         return self._to_dict(model)
 
+    def list_configmaps(self, name: str, label_selector: str) -> list[Mapping[str, Any]]:
+        # by name (a field selector): RBAC then grants the list for that name alone
+        result = _translate(
+            lambda: self._core.list_config_map_for_all_namespaces(
+                field_selector=f"metadata.name={name}", label_selector=label_selector,
+                _request_timeout=self._timeout,
+            ),
+            f"list ConfigMaps {name}",
+        )
+        return [self._to_dict(item) for item in result.items or []]
+
     def create_configmap(self, namespace: str, body: Mapping[str, Any]) -> None:
         from kubernetes import client
 

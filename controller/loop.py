@@ -37,6 +37,7 @@ from controller.metrics import Metrics
 from controller.objects import INFERENCE_SERVICES, TRAINED_MODELS, Selection, parse_object
 from controller.reconcile import (
     CONFIGMAP_KEY,
+    CONFIGMAP_NAME,
     MANAGED_LABELS,
     REASON_APPLIED,
     REASON_INVALID,
@@ -122,6 +123,7 @@ class Controller:
         self.synced_once = False
         self.heartbeat = clock.monotonic()
         self._written: dict[str, str] = {}
+        self._adopted = False  # the tables written before this controller started
         self._malformed_seen: set[str] = set()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -153,6 +155,8 @@ class Controller:
     def sync(self, *, verify: bool = False) -> Desired:
         """Reconcile the cache and apply it. Raises ``ApiError`` when a ConfigMap write failed
         (the others are still attempted); Event failures are logged and retried next time."""
+        if not self._adopted:
+            self._adopt_tables()
         desired = reconcile(self.observe(), self.config.selection)
         self.metrics.reconciles.inc()
         failed = self._apply_configmaps(desired, verify=verify)
@@ -172,6 +176,38 @@ class Controller:
             raise _combine(errors)
         self.synced_once = True
         return desired
+
+    def _adopt_tables(self) -> None:
+        """Across all namespaces: take the tables written before this controller started as
+        its own, so that one whose last Deft object went while no controller ran is emptied
+        like any other (watching one namespace, that namespace is always kept). A list the
+        API refuses (a ClusterRole without it) is said once; those tables then stay as
+        they are. A temporary failure is tried again at the next sync."""
+        if self.config.namespace is not None:
+            self._adopted = True
+            return
+        selector = ",".join(f"{k}={v}" for k, v in sorted(MANAGED_LABELS.items()))
+        try:
+            found = self.api.list_configmaps(CONFIGMAP_NAME, selector)
+        except ApiError as exc:
+            self.metrics.error(exc.temporary)
+            if exc.temporary:
+                log.warning("cannot list the priority tables written before: %s; trying "
+                            "again at the next sync", exc)
+                return
+            log.warning("cannot list the priority tables written before (%s): a namespace "
+                        "whose last Deft object went while the controller was down keeps "
+                        "its table", exc)
+            self._adopted = True
+            return
+        for cm in found:
+            namespace = _submap(cm, "metadata").get("namespace")
+            if isinstance(namespace, str) and namespace:
+                text = _submap(cm, "data").get(CONFIGMAP_KEY)
+                self._written.setdefault(namespace, text if isinstance(text, str) else "")
+        if found:
+            log.info("priority tables written before: %d namespaces", len(found))
+        self._adopted = True
 
     def _beat(self) -> None:
         # alive while it works through namespaces and Events: against an API server that

@@ -227,6 +227,13 @@ class FakeApi:
         cm = self.configmaps.get((namespace, name))
         return copy.deepcopy(cm) if cm is not None else None
 
+    def list_configmaps(self, name: str, label_selector: str) -> list[Mapping[str, Any]]:
+        self.calls.append(("list_configmaps", name))
+        self._maybe_fail("list_configmaps")
+        wanted = dict(pair.split("=", 1) for pair in label_selector.split(","))
+        return [copy.deepcopy(cm) for (_, n), cm in sorted(self.configmaps.items())
+                if n == name and wanted.items() <= (cm["metadata"].get("labels") or {}).items()]
+
     def create_configmap(self, namespace: str, body: Mapping[str, Any]) -> None:
         self.calls.append(("create_configmap", namespace))
         self._maybe_fail("create_configmap")

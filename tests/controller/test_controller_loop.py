@@ -582,3 +582,49 @@ def test_a_table_too_large_for_a_configmap_is_never_sent_and_the_one_before_stay
     monkeypatch.setattr(controller.reconcile, "CONFIGMAP_LIMIT_BYTES", 1 << 20)
     c.sync()  # fits again: written
     assert set(models(api)) == {"a", "b", "c"}
+
+
+def test_a_restarted_controller_empties_a_table_whose_objects_went_while_it_was_down(
+        api, clock):
+    gone = isvc("a", LC, namespace="x")
+    api.apply(gone, isvc("b", namespace="y"))
+    first = make(api, clock, namespace=None)
+    step_all(first)
+    first.sync()
+    api.delete(gone)  # while no controller runs
+    # a ConfigMap of that name that is not the controller's stays as it is
+    api.configmaps[("z", "deft-priorities")] = {
+        "metadata": {"name": "deft-priorities", "namespace": "z"},
+        "data": {"priorities.yaml": "models:\n  mine: {priority: batch}\n"}}
+    second = make(api, clock, namespace=None)
+    step_all(second)
+    second.sync()
+    assert models(api, "x") == {} and set(models(api, "y")) == {"b"}
+    assert models(api, "z") == {"mine": {"priority": "batch"}}
+    assert [c for c in api.calls if c[0] == "patch_configmap"] == [("patch_configmap", "x")]
+    second.sync()
+    assert api.calls.count(("list_configmaps", "deft-priorities")) == 2  # once per controller
+
+
+def test_tables_written_before_that_cannot_be_listed_are_left_and_said_once(
+        api, clock, caplog):
+    api.apply(isvc("b", namespace="y"))
+    api.fail["list_configmaps"] = [TemporaryApiError("timeout", 504),
+                                   PermanentApiError("forbidden", 403)]
+    c = make(api, clock, namespace=None)
+    step_all(c)
+    c.sync()  # the temporary failure: the list is tried again at the next sync
+    c.sync()
+    c.sync()
+    assert api.calls.count(("list_configmaps", "deft-priorities")) == 2
+    assert set(models(api, "y")) == {"b"}
+    said = [r.message for r in caplog.records if "written before" in r.message]
+    assert len(said) == 2 and "keeps its table" in said[1]
+
+
+def test_watching_one_namespace_lists_no_other_tables(api, clock):
+    api.apply(isvc("a"))
+    c = make(api, clock)
+    step_all(c)
+    c.sync()
+    assert not [call for call in api.calls if call[0] == "list_configmaps"]
