@@ -185,7 +185,7 @@ class Engine:
         self.on_ready: list[Callable[[str], None]] = []
         self.on_unloaded: list[Callable[[str], None]] = []
         # called, on a thread of its own, once a version a reload replaced is no longer used
-        # by any request (its memory can be reclaimed)
+        # by any request and has let go of its weights
         self.on_released: list[Callable[[str], None]] = []
         # each model's settings in force, set where they change (the scheduler's own copy is
         # set on the executor thread, later): what admission reads
@@ -335,13 +335,16 @@ class Engine:
         if served is not None and not self._changed(served):
             return served
         entry = self._models.get(name)
-        if served is None and (entry is None or entry.state is not ModelState.LOADING):
-            self._models[name] = _Entry(ModelState.LOADING)  # as the index shows it meanwhile
+        if entry is None or entry.state not in (ModelState.LOADING, ModelState.READY):
+            entry = self._models[name] = _Entry(ModelState.LOADING)  # the index shows it so
         with self._loading:
+            # an unload since this call began (while another load held the lock) stands
+            if self._models.get(name) is not entry or entry.state is ModelState.UNAVAILABLE:
+                raise ModelNotReady(f"model '{name}' was unloaded while its load waited")
             # the call this one waited for may have loaded it
             current = self._ready_served(name)
             if current is None:
-                return self._load_locked(name)
+                return self._load_locked(name, entry)
             if not self._changed(current):
                 return current
             return self._reload_locked(name, current)
@@ -373,14 +376,18 @@ class Engine:
         served.generation = old.generation + 1
         if not self._register(served, expect=entry):
             raise ModelNotReady(f"model '{name}' was unloaded while it reloaded")
-        # the old version goes once its last request is answered: then its memory may be
-        # reclaimed (cycles among its units are only found by a full collection)
-        weakref.finalize(old, self._released, name)
+        # the old version goes once no request and no job holds it any more: then its units
+        # let go of their weights (see SegmentedModel.release)
+        weakref.finalize(old, self._released, name, old.segmented)
         return served
 
-    def _released(self, name: str) -> None:
+    def _released(self, name: str, segmented: object) -> None:
         # called where the old version's last reference went (the executor thread, say):
-        # the hooks run on a thread of their own
+        # dropping the weights takes a moment; the hooks run on a thread of their own
+        release = getattr(segmented, "release", None)
+        if callable(release):
+            release()
+        log.info("model %s: the version a reload replaced let go of its weights", name)
         if self.on_released:
             threading.Thread(target=lambda: [hook(name) for hook in self.on_released],
                              name="deft-release", daemon=True).start()
@@ -389,16 +396,19 @@ class Engine:
         entry = self._models.get(name)
         return entry.served if entry is not None and entry.state is ModelState.READY else None
 
-    def _load_locked(self, name: str) -> ServedModel:
-        entry = self._models[name] = _Entry(ModelState.LOADING)
+    def _load_locked(self, name: str, entry: _Entry) -> ServedModel:
+        entry.state, entry.reason = ModelState.LOADING, ""
         try:
             served = self._loader(name)
         except ModelNotFound:
-            self._models.pop(name, None)
+            if self._models.get(name) is entry:
+                self._models.pop(name, None)
             raise
         except Exception as exc:
             reason = str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
-            self._models[name] = _Entry(ModelState.FAILED, reason=reason)
+            with self._registry:
+                if self._models.get(name) is entry and entry.state is ModelState.LOADING:
+                    entry.state, entry.reason = ModelState.FAILED, reason
             log.error("model %s failed to load: %s", name, reason)
             raise ModelLoadError(f"model '{name}' failed to load: {reason}") from exc
         if not self._register(served, expect=entry):
@@ -421,9 +431,10 @@ class Engine:
             self._settings[name] = settings
             for inbox in self._inboxes():
                 inbox.call(lambda s: s.set_model(name, settings, profile))
-            if entry is not None and entry.state is ModelState.READY:
-                # a reload: the requests admitted before still count against the queue bound
-                entry.served, entry.reason = served, ""
+            if entry is not None and entry.state in (ModelState.READY, ModelState.LOADING):
+                # the entry the load began with (a reload: the requests admitted before
+                # still count against the queue bound; loads waiting for this one find it)
+                entry.state, entry.served, entry.reason = ModelState.READY, served, ""
             else:
                 self._models[name] = _Entry(ModelState.READY, served)
         self.metrics.declare(name, settings.priority.value, settings.slo_ms is not None)
@@ -514,10 +525,13 @@ class Engine:
     def batch_limit(self, model: str, served: ServedModel | None = None) -> int | None:
         """The largest batch ``model`` (its version ``served``; default: the one serving)
         takes now (None: unbounded, or not loaded)."""
-        served = served or self._served(model)
+        current = self._served(model)
+        served = served or current
         if served is None:
             return None
-        settings = self._settings.get(model)
+        # a version a reload replaced keeps the bound its own configuration gave it
+        settings = self._settings.get(model) if served is current \
+            else self.settings_for(model, served)
         limit = settings.max_batch_size if settings and settings.max_batch_size else None
         # a bound from the table or the command line lowers the one the model's own config
         # names (it was exported and profiled for batches up to that), never raises it; a

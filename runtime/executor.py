@@ -237,7 +237,9 @@ class _Piece:
 class _JobState:
     micro_states: list[list[_Piece]]
     micro_outputs: list[dict[str, torch.Tensor] | None]
-    seg: Any = None  # the units it runs on (runtime.segments.SegmentedModel)
+    # the model version it runs on (runtime.engine.ServedModel): held while the job lives,
+    # so a version a reload replaced is released only once no job runs on it
+    version: Any = None
 
 
 def out_of_memory(exc: BaseException) -> bool:
@@ -300,7 +302,8 @@ class TorchDevice:
         st0: _JobState | None = job.device_state
         # a job runs on the version its requests were admitted for, from its first unit to
         # its last, whatever a reload brought meanwhile (its units and plan are that one's)
-        seg = st0.seg if st0 is not None else (_admitted_for(job) or served).segmented
+        version = st0.version if st0 is not None else (_admitted_for(job) or served)
+        seg = version.segmented
         n = job.num_units
         stream = None
         if self._cuda:
@@ -311,7 +314,7 @@ class TorchDevice:
         with torch.inference_mode(), ctx:
             if job.device_state is None:
                 # inputs are copied on the job's own stream, ordered before its units
-                job.device_state = self._prepare(job, seg)
+                job.device_state = self._prepare(job, seg, version)
             st: _JobState = job.device_state
             f = chunk.start
             while f < chunk.end:
@@ -405,7 +408,7 @@ class TorchDevice:
             for k, v in batch.items()
         }
 
-    def _prepare(self, job: Job, seg: Any) -> _JobState:
+    def _prepare(self, job: Job, seg: Any, version: Any = None) -> _JobState:
         batch = _batch(job)
         pieces: list[list[_Piece]] = []
         offset = 0
@@ -426,7 +429,7 @@ class TorchDevice:
                     micro.append(piece)
                     offset += rows
                 pieces.append(micro)
-        return _JobState(pieces, [None] * len(pieces), seg)
+        return _JobState(pieces, [None] * len(pieces), version)
 
     @staticmethod
     def outputs(job: Job) -> dict[str, np.ndarray]:

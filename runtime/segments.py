@@ -110,6 +110,7 @@ class SegmentedModel:
         device: torch.device | str = "cpu",
         move: Callable[[torch.device], SegmentedModel] | None = None,
         defaults: Mapping[str, Any] | None = None,
+        holders: Sequence[Any] = (),
     ) -> None:
         if len(input_names) != len(input_keys):
             raise ValueError(f"{len(input_names)} input names for {len(input_keys)} inputs")
@@ -127,6 +128,8 @@ class SegmentedModel:
         self._outputs = tuple(output_refs)  # ("key", state key) or ("const", value)
         self._defaults = dict(defaults or {})
         self._move = move
+        # what else holds the weights (the program, its graph module): see release()
+        self._holders = tuple(holders)
         self._needed = {k for u in self._units for k in u.reads} | {
             ref for kind, ref in self._outputs if kind == "key"
         }
@@ -134,6 +137,24 @@ class SegmentedModel:
     @property
     def num_units(self) -> int:
         return len(self._units)
+
+    def release(self) -> None:
+        """Let go of the weights now, for a model no state will run again (a version a
+        reload replaced). Graph modules sit in reference cycles, which the runtime keeps out
+        of the garbage collector's reach (``runtime.heap``): dropping the references would
+        leave their tensors, on the device too, until a full collection. Here every module
+        and program that holds them gives them up, so reference counting frees them; what
+        is left is a few plain objects. The model cannot run afterwards."""
+        fns = [u.fn for u in self._units]
+        cells = [c.cell_contents for f in fns for c in (getattr(f, "__closure__", None) or ())]
+        for holder in [*fns, *cells, *self._holders]:
+            _drop_tensors(holder)
+        self._units = ()
+        self._outputs = ()
+        self._defaults = {}
+        self._move = None
+        self._holders = ()
+        self._needed = set()
 
     def start(self, inputs: Mapping[str, torch.Tensor]) -> State:
         """The state before unit 0. Raises InvalidInput for missing or unknown inputs."""
@@ -393,6 +414,24 @@ def _fx_units(
     return units, outputs
 
 
+def _drop_tensors(holder: Any) -> None:
+    """Take every tensor out of ``holder``: a module (each submodule's parameters, buffers
+    and tensor attributes) or an exported program (its state and constants, its graph
+    module)."""
+    if isinstance(holder, torch.export.ExportedProgram):
+        holder.state_dict.clear()
+        holder.constants.clear()
+        holder = holder.graph_module
+    if isinstance(holder, torch.jit.ScriptModule) or not isinstance(holder, torch.nn.Module):
+        return  # TorchScript's tensors live in C++ objects, freed when the last reference goes
+    for module in holder.modules():
+        module._parameters.clear()
+        module._buffers.clear()
+        for key, value in list(vars(module).items()):
+            if isinstance(value, torch.Tensor):
+                delattr(module, key)
+
+
 def _ident(name: str) -> str:
     cleaned = "".join(c if c.isalnum() else "_" for c in name)
     return cleaned if cleaned[:1].isalpha() else f"m_{cleaned}"
@@ -474,6 +513,7 @@ def _build(
         device=_graph_device(gm),
         move=move,
         defaults=defaults,
+        holders=(model, gm),
     )
 
 

@@ -178,7 +178,6 @@ def main(cfg: RuntimeConfig) -> int:
     registry = model_registry(engine, str(model_dir))
     models = list(registry.get_models().values())
     engine.on_unloaded.append(reclaim_heap)
-    engine.on_released.append(reclaim_heap)  # a version a reload replaced
     if cfg.modelmesh_port:
         from runtime.modelmesh.server import install as install_modelmesh
 
