@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import functools
+import itertools
 import logging
 import math
 import threading
@@ -78,9 +79,12 @@ class ServedModel:
     # InferenceService's name: runtime.modelmesh.ids)
     priority_name: str | None = None
     # the repository files it was loaded from (runtime.model_repository.stamp; None: not
-    # from the repository) and how many times its name was loaded anew before it
+    # from the repository)
     stamp: tuple[object, ...] | None = None
+    # a number no other version this engine served has (set when it is registered): jobs
+    # of two versions are never merged; ``retired``: unloaded, its requests answer 503
     generation: int = 0
+    retired: bool = False
 
     @property
     def num_units(self) -> int:
@@ -190,8 +194,9 @@ class Engine:
         # each model's settings in force, set where they change (the scheduler's own copy is
         # set on the executor thread, later): what admission reads
         self._settings: dict[str, ModelSettings] = {}
-        # a load, a reload and an unload decide a model's entry one at a time
+        # a load, a reload, an unload and a table change decide a model's entry one at a time
         self._registry = threading.Lock()
+        self._generations = itertools.count(1)
         self._accepting = True
         self._started = False
         self._outstanding = 0
@@ -373,12 +378,12 @@ class Engine:
             raise ModelLoadError(
                 f"model '{name}' failed to reload: {reason}; the version loaded before "
                 "keeps serving") from exc
-        served.generation = old.generation + 1
+        # the old version goes once no request and no job holds it any more (replaced here,
+        # or unloaded meanwhile): then its units let go of their weights (see
+        # SegmentedModel.release)
+        weakref.finalize(old, self._released, name, old.segmented)
         if not self._register(served, expect=entry):
             raise ModelNotReady(f"model '{name}' was unloaded while it reloaded")
-        # the old version goes once no request and no job holds it any more: then its units
-        # let go of their weights (see SegmentedModel.release)
-        weakref.finalize(old, self._released, name, old.segmented)
         return served
 
     def _released(self, name: str, segmented: object) -> None:
@@ -428,6 +433,8 @@ class Engine:
                 log.info("model %s was unloaded while it loaded: the version loaded is "
                          "dropped", name)
                 return False
+            served.generation = next(self._generations)
+            served.retired = False  # a loader may hand the same object back after an unload
             self._settings[name] = settings
             for inbox in self._inboxes():
                 inbox.call(lambda s: s.set_model(name, settings, profile))
@@ -460,6 +467,8 @@ class Engine:
         if entry is None:
             raise ModelNotFound(name)
         with self._registry:
+            if entry.served is not None:
+                entry.served.retired = True  # its requests still queued answer 503
             entry.state = ModelState.UNAVAILABLE
             entry.served = None
             self._settings.pop(name, None)
@@ -507,15 +516,16 @@ class Engine:
     def apply_priorities(self, table: PriorityTable) -> None:
         """Swap in a new priority table; applies at the next sync point, drops nothing."""
         self._table = table
-        for name, entry in list(self._models.items()):
-            if entry.served is not None:
-                served = entry.served
-                settings = self.settings_for(name, served)
-                self._settings[name] = settings
-                apply = functools.partial(_set_model, name=name, settings=settings,
-                                          profile=served.profile)
-                for inbox in self._inboxes():
-                    inbox.call(apply)
+        with self._registry:  # not interleaved with a reload's swap (its profile, settings)
+            for name, entry in list(self._models.items()):
+                if entry.served is not None:
+                    served = entry.served
+                    settings = self.settings_for(name, served)
+                    self._settings[name] = settings
+                    apply = functools.partial(_set_model, name=name, settings=settings,
+                                              profile=served.profile)
+                    for inbox in self._inboxes():
+                        inbox.call(apply)
         log.info("priority table applied: %d entries", len(table.models))
 
     def _batch_delay(self, model: str) -> float:
@@ -636,6 +646,8 @@ class Engine:
         if not self._accepting:
             raise ShuttingDown("the server is shutting down")
         current = self.model(name)
+        if served is not None and served.retired:
+            raise ModelNotReady(f"model '{name}' was unloaded")
         served = served or current
         self.ensure_executor()
         entry = self._models[name]
@@ -712,7 +724,9 @@ class Engine:
                 self._idle.notify_all()
 
     def _on_cancelled(self, job: Job) -> None:
-        # called on the executor thread: a queued job was withdrawn before it started
+        # called on the executor thread at a sync point: a job withdrawn (never to run
+        # again) lets go of its intermediate tensors and its model version at once
+        job.device_state = None
         job.payload.resolve(None)
 
     @property

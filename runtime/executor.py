@@ -128,10 +128,12 @@ class ThreadInbox:
         for job in submitted:
             scheduler.submit(job)
         for job in cancelled:
-            # a job that already started is dropped at this sync point (the scheduler lets a
-            # cancelled current job go); either way nobody waits for its answer any more
-            running = scheduler.current is job
-            if scheduler.cancel(job) or running:
+            # a job that already started (running, or paused for latency-critical work) is
+            # dropped at this sync point, and never runs again; a request merged into a
+            # running job is answered now, its job's other requests at its end. Either way
+            # nobody waits for its answer any more.
+            started = job.started and not job.done
+            if scheduler.cancel(job) or started:
                 self.on_cancelled(job)
 
     def wait(self, until: float | None) -> bool:
@@ -303,6 +305,9 @@ class TorchDevice:
         # a job runs on the version its requests were admitted for, from its first unit to
         # its last, whatever a reload brought meanwhile (its units and plan are that one's)
         version = st0.version if st0 is not None else (_admitted_for(job) or served)
+        if getattr(version, "retired", False):
+            # its version was unloaded (another loaded since under the name): 503, as above
+            raise ModelNotReady(f"model '{job.model}' was unloaded")
         seg = version.segmented
         n = job.num_units
         stream = None

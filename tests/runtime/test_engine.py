@@ -674,3 +674,31 @@ def test_a_ready_model_has_its_counters_at_zero_before_anything_happens():
                   {"model": "lc", "priority": "latency-critical", "outcome": "ok"}) == 0
     assert sample("deft_slo_violations_total", {"model": "b", "priority": "batch"}) is None
     engine.stop(1.0)
+
+
+def test_a_started_job_withdrawn_while_paused_for_latency_critical_work_is_answered():
+    """A client leaves while its batch job stands preempted: the job never runs again, so
+    its request is answered (withdrawn) at once; nothing leaks into the queue bound."""
+    from runtime.executor import ThreadInbox
+    from tests.scheduler.factories import BATCH, LC, make_job, make_scheduler
+
+    s = make_scheduler("layer", {"b": [1e-3] * 10, "lc": [1e-3]})  # a sync point per unit
+    inbox = ThreadInbox()
+    withdrawn = []
+    inbox.on_cancelled = withdrawn.append
+    batch = make_job("b", BATCH, arrival=0.0, units=10)
+    inbox.submit(batch)
+    inbox.drain(s, 0.0)
+    _, d = s.decide(0.0)
+    assert d.job is batch
+    s.chunk_done(d, 0.0, 1e-3)
+    inbox.submit(make_job("lc", LC, arrival=1e-3, units=1, slo=0.01))
+    inbox.drain(s, 1e-3)
+    _, d = s.decide(1e-3)
+    assert d.job is not batch and batch.started and not batch.done  # paused
+    inbox.cancel(batch)
+    inbox.drain(s, 2e-3)
+    assert withdrawn == [batch]
+    s.chunk_done(d, 1e-3, 2e-3)
+    _, d = s.decide(2e-3)
+    assert not hasattr(d, "job")  # it never runs again: nothing left to run

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from runtime import model_repository as repo
 from runtime import segments
 from runtime.engine import Engine, EngineOptions, ServedModel
-from runtime.errors import ModelLoadError, ModelNotFound
+from runtime.errors import ModelLoadError, ModelNotFound, ModelNotReady
 from runtime.metrics import Metrics
 from runtime.serve import make_loader
 from runtime.tensors import TensorSpec
@@ -59,11 +59,12 @@ def test_a_load_of_a_ready_model_whose_files_did_not_change_keeps_it(served_repo
 def test_a_load_after_the_files_changed_serves_the_new_version(served_repo):
     engine, root, calls = served_repo
     np.testing.assert_allclose(answer(engine), X, atol=1e-4)
-    old_units = engine.model("scale").num_units
+    before = engine.model("scale")
+    old_units = before.num_units
     write_model(root / "scale", 3.0, 6)
     asyncio.run(engine.load("scale"))
     served = engine.model("scale")
-    assert calls == ["scale", "scale"] and served.generation == 1
+    assert calls == ["scale", "scale"] and served.generation != before.generation
     np.testing.assert_allclose(answer(engine), 3 * X, atol=1e-4)
     assert engine.index() == [{"name": "scale", "version": "1", "state": "READY"}]
     # the scheduler plans with the new version's profile
@@ -410,3 +411,58 @@ def test_a_replaced_version_lets_go_of_its_weights_without_a_garbage_collection(
         gc.enable()
         engine.stop(1.0)
     assert out["y"].shape == (1, 3)
+
+
+def test_requests_queued_for_an_unloaded_version_answer_503_when_another_loaded_since():
+    versions = {"v1": _version(1.0, 2, "v1"), "v2": _version(5.0, 3, "v2")}
+    files = {"now": "v1"}
+    engine = Engine(lambda name: versions[files["now"]], lambda: ["scale"],
+                    EngineOptions(), Metrics(CollectorRegistry()),
+                    stamp=lambda name: (files["now"],))
+    engine.load_sync("scale")
+
+    async def go():
+        before = asyncio.ensure_future(engine.infer("scale", {"x": X[:1]}))
+        await asyncio.sleep(0)  # queued: the executor has not started
+        await engine.unload("scale")
+        files["now"] = "v2"
+        engine.load_sync("scale")  # a fresh load, not a reload
+        after = asyncio.ensure_future(engine.infer("scale", {"x": X[:1]}))
+        await asyncio.sleep(0)
+        engine.start()
+        return await asyncio.gather(before, after, return_exceptions=True)
+
+    try:
+        before, after = asyncio.run(go())
+    finally:
+        engine.stop(1.0)
+    assert isinstance(before, ModelNotReady) and "was unloaded" in str(before)
+    np.testing.assert_allclose(after["y"], 5 * X[:1], atol=1e-4)
+    assert engine.outstanding == 0
+
+
+def test_a_reload_whose_ready_hook_fails_still_releases_the_version_it_replaced():
+    import gc
+    import threading
+
+    versions = {"v1": _mlp_version("v1", 2, None), "v2": _mlp_version("v2", 2, None)}
+    files = {"now": "v1"}
+    engine = _engine_over(versions, files)
+    released = threading.Event()
+    engine.on_released.append(lambda name: released.set())
+    engine.load_sync("mlp")
+
+    def failing(name: str) -> None:
+        raise RuntimeError("a front end failed")
+
+    engine.on_ready.append(failing)
+    files["now"] = "v2"
+    del versions["v1"]
+    gc.disable()
+    try:
+        with pytest.raises(RuntimeError, match="a front end failed"):
+            engine.load_sync("mlp")
+        assert released.wait(10)
+    finally:
+        gc.enable()
+        engine.stop(1.0)
