@@ -197,6 +197,9 @@ class Engine:
         # a load, a reload, an unload and a table change decide a model's entry one at a time
         self._registry = threading.Lock()
         self._generations = itertools.count(1)
+        # every version of each name still alive (a reload's old one while its requests
+        # run): an unload retires them all
+        self._versions: dict[str, weakref.WeakValueDictionary[int, ServedModel]] = {}
         self._accepting = True
         self._started = False
         self._outstanding = 0
@@ -424,9 +427,9 @@ class Engine:
         """Serve ``served``; with ``expect`` (the entry a load began with) only if that entry
         is still the model's and was not unloaded meanwhile. False: it was, nothing done."""
         name = served.name
-        settings = self.settings_for(name, served)
         profile = served.profile
         with self._registry:
+            settings = self.settings_for(name, served)  # the table in force, not a moment old
             entry = self._models.get(name)
             if expect is not None and (entry is not expect or entry.state not in (
                     ModelState.LOADING, ModelState.READY)):
@@ -435,6 +438,8 @@ class Engine:
                 return False
             served.generation = next(self._generations)
             served.retired = False  # a loader may hand the same object back after an unload
+            self._versions.setdefault(name, weakref.WeakValueDictionary())[served.generation] = \
+                served
             self._settings[name] = settings
             for inbox in self._inboxes():
                 inbox.call(lambda s: s.set_model(name, settings, profile))
@@ -467,8 +472,8 @@ class Engine:
         if entry is None:
             raise ModelNotFound(name)
         with self._registry:
-            if entry.served is not None:
-                entry.served.retired = True  # its requests still queued answer 503
+            for version in list(self._versions.pop(name, {}).values()):
+                version.retired = True  # their requests still queued answer 503
             entry.state = ModelState.UNAVAILABLE
             entry.served = None
             self._settings.pop(name, None)
@@ -515,8 +520,8 @@ class Engine:
 
     def apply_priorities(self, table: PriorityTable) -> None:
         """Swap in a new priority table; applies at the next sync point, drops nothing."""
-        self._table = table
-        with self._registry:  # not interleaved with a reload's swap (its profile, settings)
+        with self._registry:  # not interleaved with a load's swap (its profile, settings)
+            self._table = table
             for name, entry in list(self._models.items()):
                 if entry.served is not None:
                     served = entry.served

@@ -128,12 +128,13 @@ class ThreadInbox:
         for job in submitted:
             scheduler.submit(job)
         for job in cancelled:
-            # a job that already started (running, or paused for latency-critical work) is
-            # dropped at this sync point, and never runs again; a request merged into a
-            # running job is answered now, its job's other requests at its end. Either way
-            # nobody waits for its answer any more.
-            started = job.started and not job.done
-            if scheduler.cancel(job) or started:
+            # a job that already started (running, or paused for latency-critical work after
+            # some of its units) is dropped at this sync point and never runs again; nobody
+            # waits for its answer any more. A request merged into a running job (it never
+            # advances itself) is answered with that job, which still needs its inputs.
+            running = scheduler.current is job or 0 < job.next_unit < job.total_units
+            unanswered = job.payload is None or getattr(job.payload, "future", None) is not None
+            if scheduler.cancel(job) or (running and unanswered):
                 self.on_cancelled(job)
 
     def wait(self, until: float | None) -> bool:

@@ -169,6 +169,8 @@ class Scheduler:
         job.cancelled = True
         if job.started:
             self.queue.ended(job)
+            if job is not self.current:
+                self.policy.on_finish(job)  # paused: the policy forgets it now
         return self.queue.remove(job)
 
     def decide(self, now: float) -> tuple[list[Reject], Decision]:

@@ -702,3 +702,27 @@ def test_a_started_job_withdrawn_while_paused_for_latency_critical_work_is_answe
     s.chunk_done(d, 1e-3, 2e-3)
     _, d = s.decide(2e-3)
     assert not hasattr(d, "job")  # it never runs again: nothing left to run
+
+
+def test_a_request_merged_into_a_running_job_is_answered_with_that_job_when_withdrawn():
+    """Its rows are part of the running job, whose other requests still need the inputs
+    (a retry after running out of memory starts pieces again from them)."""
+    from runtime.executor import ThreadInbox
+    from tests.scheduler.factories import BATCH, make_job, make_scheduler
+
+    s = make_scheduler("layer", {"b": [1e-3] * 10}, batching=lambda model: 4)
+    inbox = ThreadInbox()
+    withdrawn = []
+    inbox.on_cancelled = withdrawn.append
+    first, second = (make_job("b", BATCH, arrival=0.0, units=10) for _ in range(2))
+    inbox.submit(first)
+    inbox.submit(second)
+    inbox.drain(s, 0.0)
+    _, d = s.decide(0.0)
+    assert d.job.members == [first, second]
+    s.chunk_done(d, 0.0, 1e-3)
+    inbox.cancel(first)
+    inbox.drain(s, 1e-3)
+    assert withdrawn == []
+    _, d = s.decide(1e-3)
+    assert d.job.members == [first, second] and d.start == 1  # the job goes on

@@ -466,3 +466,30 @@ def test_a_reload_whose_ready_hook_fails_still_releases_the_version_it_replaced(
     finally:
         gc.enable()
         engine.stop(1.0)
+
+
+def test_an_unload_retires_every_version_still_running_not_only_the_newest():
+    versions = {"v1": _version(1.0, 2, "v1"), "v2": _version(5.0, 3, "v2"),
+                "v3": _version(7.0, 2, "v3")}
+    files = {"now": "v1"}
+    engine = Engine(lambda name: versions[files["now"]], lambda: ["scale"],
+                    EngineOptions(), Metrics(CollectorRegistry()),
+                    stamp=lambda name: (files["now"],))
+    engine.load_sync("scale")
+
+    async def go():
+        before = asyncio.ensure_future(engine.infer("scale", {"x": X[:1]}))
+        await asyncio.sleep(0)  # queued for v1
+        files["now"] = "v2"
+        engine.load_sync("scale")  # a reload: v1 still runs its request
+        await engine.unload("scale")
+        files["now"] = "v3"
+        engine.load_sync("scale")
+        engine.start()
+        return await asyncio.gather(before, return_exceptions=True)
+
+    try:
+        (before,) = asyncio.run(go())
+    finally:
+        engine.stop(1.0)
+    assert isinstance(before, ModelNotReady) and "was unloaded" in str(before)
