@@ -25,6 +25,14 @@ from tests.reliability.support import build_app
 from tests.runtime.helpers import Scale, write_model
 
 X = np.arange(8, dtype=np.float32).reshape(2, 4)
+def _engine_over(versions: dict, files: dict, name: str = "mlp", **options) -> Engine:
+    """An engine serving ``name`` from ``versions``: the loader hands out the version
+    ``files["now"]`` names, and that is the files' stamp (change it, and a load reloads)."""
+    return Engine(lambda _: versions[files["now"]], lambda: [name],
+                  EngineOptions(**options), Metrics(CollectorRegistry()),
+                  stamp=lambda _: (files["now"],))
+
+
 @pytest.fixture
 def served_repo(tmp_path, monkeypatch):
     """An engine over a real repository with one model, ``scale``, loaded at k=1."""
@@ -133,9 +141,7 @@ def test_requests_admitted_before_a_reload_run_on_their_version_and_never_share_
     versions = {"v1": _version(1.0, 2, "v1"), "v2": _version(5.0, 7, "v2")}
     assert versions["v1"].num_units != versions["v2"].num_units
     files = {"now": "v1"}
-    engine = Engine(lambda name: versions[files["now"]], lambda: ["scale"],
-                    EngineOptions(policy="deft"), Metrics(CollectorRegistry()),
-                    stamp=lambda name: (files["now"],))
+    engine = _engine_over(versions, files, "scale", policy="deft")
     engine.load_sync("scale")
 
     async def go():
@@ -278,9 +284,7 @@ def test_the_version_a_reload_replaced_is_released_once_its_last_request_is_answ
 
     versions = {"v1": _version(1.0, 2, "v1"), "v2": _version(5.0, 3, "v2")}
     files = {"now": "v1"}
-    engine = Engine(lambda name: versions[files["now"]], lambda: ["scale"],
-                    EngineOptions(policy="deft"), Metrics(CollectorRegistry()),
-                    stamp=lambda name: (files["now"],))
+    engine = _engine_over(versions, files, "scale", policy="deft")
     released = threading.Event()
     names: list[str] = []
     engine.on_released.append(lambda name: (names.append(name), released.set()))
@@ -317,10 +321,6 @@ def _mlp_version(stamp: str, max_batch_size: int, named: int | None) -> ServedMo
         stamp=(stamp,))
 
 
-def _engine_over(versions: dict, files: dict, **options) -> Engine:
-    return Engine(lambda name: versions[files["now"]], lambda: ["mlp"],
-                  EngineOptions(**options), Metrics(CollectorRegistry()),
-                  stamp=lambda name: (files["now"],))
 
 
 def test_the_version_before_keeps_its_own_batch_bound_where_its_config_named_none():
@@ -378,10 +378,10 @@ def test_an_unload_while_a_load_waits_for_another_is_not_undone():
     engine.stop(1.0)
 
 
-def test_a_replaced_version_lets_go_of_its_weights_without_a_garbage_collection():
-    import gc
+def _two_mlp_versions_serving_the_first():
+    """Two versions of "mlp", the first loaded; the event is set once a replaced version
+    is released."""
     import threading
-    import weakref
 
     versions = {"v1": _mlp_version("v1", 2, None), "v2": _mlp_version("v2", 2, None)}
     files = {"now": "v1"}
@@ -389,6 +389,14 @@ def test_a_replaced_version_lets_go_of_its_weights_without_a_garbage_collection(
     released = threading.Event()
     engine.on_released.append(lambda name: released.set())
     engine.load_sync("mlp")
+    return versions, files, engine, released
+
+
+def test_a_replaced_version_lets_go_of_its_weights_without_a_garbage_collection():
+    import gc
+    import weakref
+
+    versions, files, engine, released = _two_mlp_versions_serving_the_first()
     weights = [weakref.ref(p) for u in versions["v1"].segmented._units  # type: ignore[attr-defined]
                if isinstance(u.fn, torch.nn.Module) for p in u.fn.parameters()]
     assert weights
@@ -416,9 +424,7 @@ def test_a_replaced_version_lets_go_of_its_weights_without_a_garbage_collection(
 def test_requests_queued_for_an_unloaded_version_answer_503_when_another_loaded_since():
     versions = {"v1": _version(1.0, 2, "v1"), "v2": _version(5.0, 3, "v2")}
     files = {"now": "v1"}
-    engine = Engine(lambda name: versions[files["now"]], lambda: ["scale"],
-                    EngineOptions(), Metrics(CollectorRegistry()),
-                    stamp=lambda name: (files["now"],))
+    engine = _engine_over(versions, files, "scale")
     engine.load_sync("scale")
 
     async def go():
@@ -443,14 +449,8 @@ def test_requests_queued_for_an_unloaded_version_answer_503_when_another_loaded_
 
 def test_a_reload_whose_ready_hook_fails_still_releases_the_version_it_replaced():
     import gc
-    import threading
 
-    versions = {"v1": _mlp_version("v1", 2, None), "v2": _mlp_version("v2", 2, None)}
-    files = {"now": "v1"}
-    engine = _engine_over(versions, files)
-    released = threading.Event()
-    engine.on_released.append(lambda name: released.set())
-    engine.load_sync("mlp")
+    versions, files, engine, released = _two_mlp_versions_serving_the_first()
 
     def failing(name: str) -> None:
         raise RuntimeError("a front end failed")
@@ -472,9 +472,7 @@ def test_an_unload_retires_every_version_still_running_not_only_the_newest():
     versions = {"v1": _version(1.0, 2, "v1"), "v2": _version(5.0, 3, "v2"),
                 "v3": _version(7.0, 2, "v3")}
     files = {"now": "v1"}
-    engine = Engine(lambda name: versions[files["now"]], lambda: ["scale"],
-                    EngineOptions(), Metrics(CollectorRegistry()),
-                    stamp=lambda name: (files["now"],))
+    engine = _engine_over(versions, files, "scale")
     engine.load_sync("scale")
 
     async def go():
