@@ -536,7 +536,8 @@ class ResultListener:
                     member.preemption_delay or job.preemption_delay
                 )
             latency = now - member.arrival
-            if pending.slo_s is not None and latency > pending.slo_s:
+            # a request withdrawn (its client gone) while merged into this job is no miss
+            if pending.slo_s is not None and latency > pending.slo_s and not member.cancelled:
                 self.metrics.slo_violations.labels(job.model, job.priority.value).inc()
             pending.completed_at = now
             pending.resolve(part)

@@ -726,3 +726,30 @@ def test_a_request_merged_into_a_running_job_is_answered_with_that_job_when_with
     assert withdrawn == []
     _, d = s.decide(1e-3)
     assert d.job.members == [first, second] and d.start == 1  # the job goes on
+
+
+def test_a_request_withdrawn_from_a_merged_job_is_not_counted_as_an_slo_miss():
+    from prometheus_client import CollectorRegistry
+
+    from runtime.executor import Pending, ResultListener, _JobState
+    from runtime.metrics import Metrics
+    from scheduler.job import Job
+
+    registry = CollectorRegistry()
+    listener = ResultListener(Metrics(registry), FakeClock())
+    loop = asyncio.new_event_loop()
+    try:
+        members = []
+        for _ in range(2):
+            pending = Pending("m", "batch", {}, loop.create_future(), loop, 0.0, slo_s=0.01)
+            members.append(Job(model="m", priority=Priority.BATCH, batch_size=1, arrival=0.0,
+                               num_units=1, payload=pending))
+        members[0].cancelled = True  # its client went away while the job ran
+        job = Job(model="m", priority=Priority.BATCH, batch_size=2, arrival=0.0, num_units=1,
+                  members=members)
+        job.device_state = _JobState([[]], [{"y": torch.zeros(2, 3)}])
+        listener.on_complete(job, now=1.0)  # 1 s: far past the 10 ms SLO
+    finally:
+        loop.close()
+    assert registry.get_sample_value(
+        "deft_slo_violations_total", {"model": "m", "priority": "batch"}) == 1
