@@ -1,8 +1,9 @@
 # Deft — build, test and run targets.
 #
 # torch is installed before the project so that the build you choose is the one used:
-#   make test                                   # CPU build torch==2.13.0
-#   make test TORCH='torch==2.13.0' TORCH_INDEX=https://download.pytorch.org/whl/cu128
+#   make test                                   # torch==2.13.0 from pip's own index
+#   make test TORCH_INDEX=https://download.pytorch.org/whl/cpu    # the CPU build, explicitly
+#   make test TORCH_INDEX=https://download.pytorch.org/whl/cu128  # a CUDA build
 PYTHON      ?= python3
 VENV        ?= .venv
 TORCH       ?= torch==2.13.0
