@@ -101,7 +101,7 @@ class DesiredConfigMap:
         """The table as ``priorities.yaml`` holds it (rendered once)."""
         return render_table(self.table)
 
-    @property
+    @cached_property
     def size_bytes(self) -> int:
         """The data's size as the API server counts it against ``CONFIGMAP_LIMIT_BYTES``."""
         return sum(len(k.encode()) + len(v.encode()) for k, v in self.data.items())

@@ -560,14 +560,17 @@ class Engine:
         """The settings ``name`` is served with now (admission's view)."""
         return self._settings.get(name) or self.settings_for(name, served)
 
-    def check_batch(self, model: str, batch: int, served: ServedModel | None = None) -> None:
+    def check_batch(
+        self, model: str, batch: int, served: ServedModel | None = None
+    ) -> int | None:
         """Refuse (``InvalidInput``) a batch larger than ``model`` (its version ``served``)
-        takes now."""
+        takes now; returns that bound (None: unbounded)."""
         limit = self.batch_limit(model, served)
         if limit is not None and batch > limit:
             raise InvalidInput(
                 f"batch of {batch} exceeds model '{model}''s max batch size of {limit}"
             )
+        return limit
 
     # -- serving -------------------------------------------------------------------------
 
@@ -659,7 +662,7 @@ class Engine:
         settings = self.current_settings(name, current)
         klass = settings.priority.with_request_level(priority)
         batch = _batch_size(inputs, served)
-        self.check_batch(name, batch, served)
+        limit = self.check_batch(name, batch, served)
         with entry.lock:
             if entry.outstanding >= served.max_queue_size:
                 self.metrics.requests.labels(name, klass.value, "refused").inc()
@@ -688,7 +691,7 @@ class Engine:
             # requests for two versions of a model (a reload) never share a job
             batch_key=(served.generation,
                        tuple((k, v.shape[1:], v.dtype.str) for k, v in inputs.items())),
-            batch_cap=self.batch_limit(name, served),
+            batch_cap=limit,
         )
         if klass is Priority.LATENCY_CRITICAL and job.deadline is None:
             job.deadline = now + 3600.0

@@ -320,7 +320,7 @@ class TorchDevice:
         with torch.inference_mode(), ctx:
             if job.device_state is None:
                 # inputs are copied on the job's own stream, ordered before its units
-                job.device_state = self._prepare(job, seg, version)
+                job.device_state = self._prepare(job, version)
             st: _JobState = job.device_state
             f = chunk.start
             while f < chunk.end:
@@ -414,7 +414,8 @@ class TorchDevice:
             for k, v in batch.items()
         }
 
-    def _prepare(self, job: Job, seg: Any, version: Any = None) -> _JobState:
+    def _prepare(self, job: Job, version: Any) -> _JobState:
+        seg = version.segmented
         batch = _batch(job)
         pieces: list[list[_Piece]] = []
         offset = 0

@@ -179,7 +179,7 @@ _TYPED_CONTENTS = ("bool_contents", "int_contents", "int64_contents", "uint_cont
 
 
 def check_message_inputs(request: Any, specs: Sequence[TensorSpec],
-                         check_batch: Callable[[int], None] | None = None) -> None:
+                         check_batch: Callable[[int], object] | None = None) -> None:
     """A gRPC ``ModelInferRequest``'s inputs, checked before its typed contents are converted:
     each input's datatype and shape as the model accepts them, and its typed contents, where
     it has any, exactly as many values as that shape holds, and a batch ``check_batch``

@@ -75,9 +75,11 @@ def demo_dir() -> Path:
 
 
 def make_loader(model_dir: Path, model_name: str | None, device: torch.device):
+    def source_of(name: str) -> repo.ModelSource | None:
+        return next((s for s in repo.discover(model_dir, model_name) if s.name == name), None)
+
     def load(name: str) -> ServedModel:
-        sources = {s.name: s for s in repo.discover(model_dir, model_name)}
-        source = sources.get(name)
+        source = source_of(name)
         if source is None:
             from runtime.errors import ModelNotFound
 
@@ -93,10 +95,9 @@ def make_loader(model_dir: Path, model_name: str | None, device: torch.device):
     def stamp(name: str) -> object:
         """The model's files as they are now (None: no longer in the repository)."""
         try:
-            sources = {s.name: s for s in repo.discover(model_dir, model_name)}
+            source = source_of(name)
         except ModelLoadError:
             return None
-        source = sources.get(name)
         return repo.stamp(source) if source is not None else None
 
     return load, available, stamp
